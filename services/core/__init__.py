@@ -1,0 +1,1 @@
+"""Shared core: settings, job model and state machine, job kinds, queues, job store."""

@@ -1,0 +1,59 @@
+"""The one registry of job kinds. API, worker, docs and chart all read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from renderfarm.core import params
+from renderfarm.core.queues import WorkloadClass
+from renderfarm.core.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    workload: WorkloadClass
+    params_model: type[BaseModel]
+    description: str
+    soft_time_limit_s: int
+    time_limit_s: int
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def task_name(self) -> str:
+        return f"renderfarm.kind.{self.name}"
+
+
+_KINDS: tuple[JobKind, ...] = (
+    JobKind("probe", WorkloadClass.cpu, params.ProbeParams,
+            "ffprobe summary: container, duration, streams.", 60, 90),
+    JobKind("transcode", WorkloadClass.cpu, params.TranscodeParams,
+            "One or more MP4 (H.264/HEVC + AAC) renditions by height, CRF or bitrate.", 3600, 3660),
+    JobKind("thumbnail", WorkloadClass.cpu, params.ThumbnailParams,
+            "Still images at given times or N evenly spaced; optional sprite sheet.", 600, 660),
+    JobKind("extract_audio", WorkloadClass.cpu, params.ExtractAudioParams,
+            "Audio track as 16 kHz mono WAV (the transcription input).", 1200, 1260),
+    JobKind("transcribe", WorkloadClass.gpu_transcribe, params.TranscribeParams,
+            "Speech to text with faster-whisper: JSON, SRT, VTT, TXT.", 7200, 7260),
+    JobKind("vision", WorkloadClass.gpu_vision, params.VisionParams,
+            "Shot boundaries with TransNetV2, a keyframe per shot, optional contact sheet.", 3600, 3660),
+)
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in _KINDS}
+
+
+def get_kind(name: str) -> JobKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown kind {name!r}; known kinds: {', '.join(KINDS)}") from None
+
+
+def kinds_for(workload: WorkloadClass | str) -> list[JobKind]:
+    return [kind for kind in KINDS.values() if kind.workload == WorkloadClass(workload)]
+
+
+def longest_time_limit_s() -> int:
+    return max(kind.time_limit_s for kind in KINDS.values())

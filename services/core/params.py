@@ -1,0 +1,90 @@
+"""Per-kind parameter models: what a client may send as ``params`` for each job kind."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Params(BaseModel):
+    # Unknown fields are an error, not silently dropped: a typo must not run a job
+    # with defaults the client did not ask for.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProbeParams(_Params):
+    pass
+
+
+class Rendition(_Params):
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,32}$", description="output name; default '<height>p'")
+    video_codec: Literal["h264", "hevc"] = "h264"
+    height: int = Field(ge=16, le=4320, description="output height in pixels (even); width keeps the aspect ratio")
+    crf: int | None = Field(default=None, ge=0, le=51)
+    video_bitrate_kbps: int | None = Field(default=None, ge=50, le=200_000)
+    audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+
+    @model_validator(mode="after")
+    def _rate_control(self) -> "Rendition":
+        if self.crf is not None and self.video_bitrate_kbps is not None:
+            raise ValueError("give crf or video_bitrate_kbps, not both")
+        if self.height % 2:
+            raise ValueError("height must be even")
+        if not self.name:
+            self.name = f"{self.height}p"
+        return self
+
+
+class TranscodeParams(_Params):
+    renditions: list[Rendition] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "TranscodeParams":
+        names = [r.name for r in self.renditions]
+        if len(set(names)) != len(names):
+            raise ValueError("rendition names must be unique")
+        return self
+
+
+class ThumbnailParams(_Params):
+    times: list[float] | None = Field(default=None, min_length=1, max_length=200)
+    count: int | None = Field(default=None, ge=1, le=200)
+    width: int = Field(default=320, ge=16, le=3840)
+    format: Literal["jpg", "png"] = "jpg"
+    sprite: bool = False
+    sprite_columns: int = Field(default=5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _times_or_count(self) -> "ThumbnailParams":
+        if self.times is not None and self.count is not None:
+            raise ValueError("give times or count, not both")
+        if self.times is None and self.count is None:
+            self.count = 5
+        if self.times is not None and any(t < 0 for t in self.times):
+            raise ValueError("times must be >= 0")
+        return self
+
+
+class ExtractAudioParams(_Params):
+    sample_rate: int = Field(default=16_000, ge=8_000, le=48_000)
+    channels: Literal[1, 2] = 1
+    format: Literal["wav", "flac"] = "wav"
+
+
+class TranscribeParams(_Params):
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$")
+    beam_size: int = Field(default=5, ge=1, le=10)
+    vad_filter: bool = False
+    word_timestamps: bool = True
+    batched: bool = False
+    batch_size: int = Field(default=8, ge=1, le=64)
+    formats: list[Literal["json", "srt", "vtt", "txt"]] = Field(default_factory=lambda: ["json", "srt", "vtt", "txt"], min_length=1)
+
+
+class VisionParams(_Params):
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="shot-boundary score threshold")
+    keyframes: bool = True
+    contact_sheet: bool = False
+    batch_windows: int = Field(default=16, ge=1, le=256, description="100-frame windows per forward pass")

@@ -1,0 +1,78 @@
+"""Settings for every renderfarm process, read from the environment (``RF_`` prefix)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    # Lists come from the environment as comma-separated text: RF_API_KEYS=a,b
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RF_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    # Redis calls from the API must fail fast: "Redis down" answers 503 within 1 s.
+    redis_socket_timeout_s: float = 0.5
+
+    data_dir: Path = Path("./data")
+    # file:// inputs must resolve (symlinks followed) under one of these roots.
+    # Empty means "<data_dir>/inputs" only.
+    allowed_input_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    # Plain keys accepted from the environment are hashed at load and never kept;
+    # RF_API_KEY_HASHES takes sha256 hex digests directly (what a Secret should hold).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    retention_seconds: int = 7 * 24 * 3600
+    # Low priority ages: a message waiting longer than this moves up one priority.
+    aging_seconds: int = 600
+    # How often beat runs maintenance (expiry, aging, orphan recovery).
+    maintenance_interval_s: float = 30.0
+
+    http_max_download_bytes: int = 2 * 1024**3
+    http_timeout_s: float = 30.0
+    # Private, loopback, link-local and metadata addresses are refused unless allowed.
+    allow_private_fetch: bool = False
+
+    worker_heartbeat_s: float = 5.0
+    # A job whose worker stopped heart-beating this long ago goes back to its queue.
+    orphan_after_s: float = 30.0
+
+    # GPU workloads (see renderfarm.worker.workloads)
+    whisper_model: str = ""
+    whisper_device: str = "auto"
+    whisper_compute_type: str = "auto"
+    vision_device: str = "auto"
+
+    log_level: str = "INFO"
+
+    @field_validator("allowed_input_roots", "api_keys", "api_key_hashes", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @property
+    def input_roots(self) -> list[Path]:
+        roots = self.allowed_input_roots or [self.data_dir / "inputs"]
+        return [Path(root).resolve() for root in roots]
+
+    @property
+    def outputs_dir(self) -> Path:
+        return (self.data_dir / "outputs").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

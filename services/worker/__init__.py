@@ -1,0 +1,1 @@
+"""Celery workers: the Celery app, the job runner and the workloads."""

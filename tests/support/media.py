@@ -1,0 +1,34 @@
+"""Test media made on the spot with ffmpeg's lavfi sources (no downloads, no fixtures)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+
+def make_clip(path: Path, *, duration: float = 2.0, width: int = 320, height: int = 240, fps: int = 25,
+              audio: bool = True, video: bool = True, source: str = "testsrc2") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+    if video:
+        args += ["-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate={fps}:duration={duration}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}"]
+    if video:
+        args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "96k"]
+    args += ["-t", str(duration), str(path)]
+    subprocess.run(args, check=True)
+    return path
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def stream(info: dict, codec_type: str) -> dict | None:
+    return next((s for s in info["streams"] if s["codec_type"] == codec_type), None)
