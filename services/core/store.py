@@ -50,6 +50,7 @@ DEADLETTER = f"{PREFIX}deadletter"
 PAUSED = f"{PREFIX}paused"
 WORKERS = f"{PREFIX}workers"
 DELAYED = f"{PREFIX}delayed"
+BEAT_HEARTBEAT = f"{PREFIX}beat"  # set by the maintenance loop, with a TTL
 _INDEX_PREFIX = f"{PREFIX}jobs:"
 
 
@@ -237,6 +238,18 @@ return moved
 """
 
 
+# Move a queue's oldest message to another queue if it is still the oldest
+# (compare-and-move), and record the job's new queue.
+# KEYS: source, destination  ARGV: expected message, job id
+_MOVE_TAIL = """
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
+redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT')
+local key = 'rf:job:' .. ARGV[2]
+if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'queue', KEYS[2]) end
+return 1
+"""
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -290,6 +303,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
         self._promote_due = client.register_script(_PROMOTE_DUE)
+        self._move_tail = client.register_script(_MOVE_TAIL)
 
     # -- writes -------------------------------------------------------------
 
@@ -515,6 +529,15 @@ class JobStore:
         return alive
 
     # -- maintenance ----------------------------------------------------------------
+
+    def oldest_message(self, queue: str) -> str | None:
+        return self.redis.lindex(queue, -1)
+
+    def move_oldest(self, source: str, destination: str, expected: str, job_id: str) -> bool:
+        return bool(self._move_tail(keys=[source, destination], args=[expected, job_id]))
+
+    def live_workers(self) -> set[str]:
+        return {info["name"] for info in self.workers()}
 
     def purge_expired_index_entries(self, batch: int = 500) -> int:
         """Drop index entries whose job record has expired (retention). Returns how many."""

@@ -1,0 +1,89 @@
+"""Prometheus metrics of the API: its own counters, plus farm-wide values read from
+Redis at scrape time (queue depth, in-flight, oldest wait, outcomes, durations)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from renderfarm.core.metrics_store import OUTCOMES, cumulative_buckets, duration_key
+from renderfarm.core.queues import all_queues, parse_queue_name
+from renderfarm.core.store import JobStore
+
+NAMESPACE = "renderfarm"
+
+
+class FarmCollector:
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    def collect(self):
+        up = GaugeMetricFamily(f"{NAMESPACE}_redis_up", "1 when the job store answered this scrape")
+        try:
+            stats = self.store.queue_stats(all_queues())
+            outcomes = self.store.redis.hgetall(OUTCOMES)
+            workers = self.store.workers()
+        except Exception:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily(f"{NAMESPACE}_queue_depth", "Messages waiting in a queue (all its lists)", labels=["queue", "pool", "priority"])
+        inflight = GaugeMetricFamily(f"{NAMESPACE}_queue_in_flight", "Jobs taken from a queue and not finished", labels=["queue", "pool", "priority"])
+        paused = GaugeMetricFamily(f"{NAMESPACE}_queue_paused", "1 when the queue is paused", labels=["queue", "pool", "priority"])
+        oldest = GaugeMetricFamily(f"{NAMESPACE}_queue_oldest_age_seconds", "Age of the oldest waiting message", labels=["queue", "pool", "priority"])
+        for stat in stats:
+            pool, priority = parse_queue_name(stat.name)
+            labels = [stat.name, pool.value, priority.value]
+            depth.add_metric(labels, stat.depth)
+            inflight.add_metric(labels, stat.in_flight)
+            paused.add_metric(labels, 1 if stat.paused else 0)
+            oldest.add_metric(labels, stat.oldest_age_s or 0.0)
+        yield from (depth, inflight, paused, oldest)
+
+        outcome_family = CounterMetricFamily(f"{NAMESPACE}_job_outcomes", "Finished jobs by kind, queue and status",
+                                             labels=["kind", "queue", "status"])
+        pairs = set()
+        for field, count in outcomes.items():
+            kind, queue, status = field.split("|")
+            outcome_family.add_metric([kind, queue, status], float(count))
+            pairs.add((kind, queue))
+        yield outcome_family
+
+        durations = HistogramMetricFamily(f"{NAMESPACE}_job_duration_seconds", "Job run time by kind and queue",
+                                          labels=["kind", "queue"])
+        pipe = self.store.redis.pipeline(transaction=False)
+        ordered = sorted(pairs)
+        for kind, queue in ordered:
+            pipe.hgetall(duration_key(kind, queue))
+        for (kind, queue), raw in zip(ordered, pipe.execute()):
+            if raw:
+                durations.add_metric([kind, queue], cumulative_buckets(raw), float(raw.get("sum", 0)))
+        yield durations
+
+        up_workers = GaugeMetricFamily(f"{NAMESPACE}_workers", "Live workers by pool", labels=["pool"])
+        per_pool: dict[str, int] = {}
+        now = time.time()
+        for info in workers:
+            if now - float(info.get("seen_at", 0)) < 60:
+                per_pool[info.get("pool", "")] = per_pool.get(info.get("pool", ""), 0) + 1
+        for pool, count in sorted(per_pool.items()):
+            up_workers.add_metric([pool], count)
+        yield up_workers
+
+
+class ApiMetrics:
+    def __init__(self, store: JobStore):
+        self.registry = CollectorRegistry()
+        self.submissions = Counter(f"{NAMESPACE}_job_submissions_total", "Jobs submitted",
+                                   ["kind", "priority"], registry=self.registry)
+        self.requests = Histogram(f"{NAMESPACE}_api_request_duration_seconds", "API request latency",
+                                  ["method", "route", "status"], registry=self.registry,
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.registry.register(FarmCollector(store))
+
+    def submitted(self, kind: str, priority: str) -> None:
+        self.submissions.labels(kind, priority).inc()

@@ -1,0 +1,80 @@
+"""/v1/workers, /v1/stats, /v1/kinds, /v1/status: what the farm is doing."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+
+from renderfarm.api.deps import Tenant, store
+from renderfarm.api.routers.queues import queue_overview
+from renderfarm.api.schemas import KindOut, StatsOut, StatusOut, WorkerOut
+from renderfarm.core.kinds import KINDS
+from renderfarm.core.metrics_store import OUTCOMES, duration_key
+from renderfarm.core.queues import WorkloadClass, all_queues
+from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore
+
+router = APIRouter(prefix="/v1", tags=["farm"])
+
+
+@router.get("/workers", response_model=list[WorkerOut], summary="Live workers and what they run")
+def list_workers(tenant: str = Tenant, store_: JobStore = Depends(store)) -> list[WorkerOut]:
+    pipe = store_.redis.pipeline(transaction=False)
+    for queue in all_queues():
+        pipe.hgetall(f"rf:inflight:{queue}")
+    running: dict[str, list[str]] = {}
+    for inflight in pipe.execute():
+        for job_id, worker in inflight.items():
+            running.setdefault(worker, []).append(job_id)
+    now = time.time()
+    out = []
+    for info in store_.workers():
+        out.append(WorkerOut(
+            name=info["name"], pool=info.get("pool", ""), pod=info.get("pod", ""),
+            queues=[q for q in info.get("queues", "").split(",") if q],
+            concurrency=int(info["concurrency"]) if info.get("concurrency", "").isdigit() else None,
+            running_jobs=sorted(running.get(info["name"], [])),
+            last_seen_s_ago=round(max(0.0, now - float(info.get("seen_at", now))), 3),
+        ))
+    return out
+
+
+@router.get("/stats", response_model=StatsOut, summary="Counts by status and kind, outcomes, durations")
+def stats(tenant: str = Tenant, store_: JobStore = Depends(store)) -> StatsOut:
+    outcomes_raw = store_.redis.hgetall(OUTCOMES)
+    pipe = store_.redis.pipeline(transaction=False)
+    keys = sorted({tuple(field.split("|")[:2]) for field in outcomes_raw})
+    for kind, queue in keys:
+        pipe.hmget(duration_key(kind, queue), "sum", "count")
+    durations = {key: value for key, value in zip(keys, pipe.execute())}
+    outcomes = []
+    for field, count in sorted(outcomes_raw.items()):
+        kind, queue, status = field.split("|")
+        total, n = durations.get((kind, queue), (None, None))
+        outcomes.append({"kind": kind, "queue": queue, "status": status, "count": int(count),
+                         "mean_duration_s": round(float(total) / int(n), 3) if total and n and int(n) else None})
+    return StatsOut(
+        jobs_by_status=store_.counts_by_status(),
+        jobs_by_kind=store_.counts_by_kind(KINDS),
+        outcomes=outcomes,
+        dead_letter=store_.redis.llen(DEADLETTER),
+        queues=queue_overview(store_),
+    )
+
+
+@router.get("/kinds", response_model=list[KindOut], summary="Registered job kinds and their parameters")
+def list_kinds(tenant: str = Tenant) -> list[KindOut]:
+    return [KindOut(name=k.name, pool=k.workload.value, description=k.description,
+                    soft_time_limit_s=k.soft_time_limit_s, time_limit_s=k.time_limit_s,
+                    max_retries=k.retry.max_retries, params_schema=k.params_model.model_json_schema())
+            for k in KINDS.values()]
+
+
+@router.get("/status", response_model=StatusOut, summary="Which parts of the farm are up")
+def farm_status(tenant: str = Tenant, store_: JobStore = Depends(store)) -> StatusOut:
+    pools = {pool.value: 0 for pool in WorkloadClass}
+    for info in store_.workers():
+        if info.get("pool") in pools:
+            pools[info["pool"]] += 1
+    beat = "up" if store_.redis.exists(BEAT_HEARTBEAT) else "down"
+    return StatusOut(redis="up", pools=pools, beat=beat)

@@ -1,0 +1,179 @@
+"""/v1/jobs: submit, read, list, cancel, retry, progress stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from renderfarm.api.deps import Tenant, settings, store
+from renderfarm.api.errors import ApiError
+from renderfarm.api.schemas import JobPage, SubmitJobRequest
+from renderfarm.core.inputs import InputError, validate_input
+from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus
+from renderfarm.core.kinds import KINDS, get_kind
+from renderfarm.core.settings import Settings
+from renderfarm.core.store import (
+    IdempotencyConflict,
+    JobNotFound,
+    JobStore,
+    TransitionConflict,
+    body_fingerprint,
+    events_channel,
+)
+from renderfarm.core.submit import job_message, new_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _get(store_: JobStore, job_id: str) -> Job:
+    try:
+        return store_.get(job_id)
+    except JobNotFound:
+        raise ApiError(404, "not_found", f"job {job_id} not found") from None
+
+
+@router.post("", status_code=202, response_model=Job, summary="Submit a job")
+def submit_job(
+    body: SubmitJobRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", max_length=255),
+    tenant: str = Tenant,
+    store_: JobStore = Depends(store),
+    settings_: Settings = Depends(settings),
+) -> Job:
+    kind = get_kind(body.kind)
+    try:
+        validate_input(body.input, roots=settings_.input_roots, allow_private=settings_.allow_private_fetch)
+    except InputError as exc:
+        raise ApiError(422, "invalid_input", str(exc), [{"field": "input", "message": str(exc)}]) from None
+    params = body.params.model_dump(mode="json")
+    job = new_job(
+        kind,
+        input=body.input,
+        params=params,
+        priority=body.priority,
+        idempotency_key=idempotency_key,
+        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        labels=body.labels,
+        tenant=tenant,
+    )
+    fingerprint = body_fingerprint(body.model_dump(mode="json")) if idempotency_key else ""
+    try:
+        stored, created = store_.submit(job, job_message(kind, job), body_hash=fingerprint)
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), {"job_id": exc.job_id}) from None
+    request.app.state.metrics.submitted(kind.name, body.priority.value)
+    response.headers["Location"] = f"/v1/jobs/{stored.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return stored
+
+
+@router.get("", response_model=JobPage, summary="List jobs (history, active) newest first")
+def list_jobs(
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(default=None, max_length=512),
+    tenant: str = Tenant,
+    store_: JobStore = Depends(store),
+) -> JobPage:
+    if kind is not None and kind not in KINDS:
+        raise ApiError(422, "validation_error", f"unknown kind {kind!r}",
+                       [{"field": "kind", "message": "unknown kind", "allowed": list(KINDS)}])
+    try:
+        page = store_.list(status=status, kind=kind, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    return JobPage(jobs=page.jobs, next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job, summary="One job")
+def get_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
+    return _get(store_, job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job")
+def cancel_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
+    """A queued job never runs; a running job is stopped and ends ``cancelled``."""
+    try:
+        store_.transition(job_id, JobStatus.cancelled, fields={
+            "finished_at": datetime.now(timezone.utc), "stage": "cancelled", "message": "cancelled by request",
+        })
+    except JobNotFound:
+        raise ApiError(404, "not_found", f"job {job_id} not found") from None
+    except TransitionConflict as exc:
+        raise ApiError(409, "conflict", f"job is {exc.current}; only queued, running or retrying jobs can be cancelled") from None
+    job = _get(store_, job_id)
+    store_.publish_status(job)
+    return job
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=Job, summary="Re-run a failed or cancelled job")
+def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
+    job = _get(store_, job_id)
+    kind = get_kind(job.kind)
+    try:
+        store_.transition(
+            job_id,
+            JobStatus.queued,
+            fields={"error": None, "result": None, "progress": 0, "stage": "", "message": "retried by request",
+                    "started_at": None, "finished_at": None, "worker": None},
+            requeue_message=job_message(kind, job),
+            requeue_queue=job.queue,
+        )
+    except TransitionConflict as exc:
+        raise ApiError(409, "conflict", f"job is {exc.current}; only failed or cancelled jobs can be retried") from None
+    job = _get(store_, job_id)
+    store_.publish_status(job)
+    return job
+
+
+@router.get("/{job_id}/events", summary="Progress as Server-Sent Events",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request, tenant: str = Tenant) -> StreamingResponse:
+    store_: JobStore = request.app.state.store
+    job = await asyncio.to_thread(_get, store_, job_id)
+    async_redis = request.app.state.async_redis
+
+    async def stream():
+        pubsub = async_redis.pubsub()
+        await pubsub.subscribe(events_channel(job_id))
+        try:
+            # Subscribe first, then send the current state: no event falls in between.
+            current = await asyncio.to_thread(store_.get, job_id)
+            yield _sse("job", current.model_dump_json())
+            if current.status in TERMINAL_STATUSES:
+                return
+            idle = 0.0
+            while not await request.is_disconnected():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    idle += 1.0
+                    if idle >= 15:
+                        idle = 0.0
+                        yield ": keep-alive\n\n"
+                    continue
+                idle = 0.0
+                yield _sse("progress", message["data"])
+                status = json.loads(message["data"]).get("status")
+                if status in {s.value for s in TERMINAL_STATUSES}:
+                    final = await asyncio.to_thread(store_.get, job_id)
+                    yield _sse("job", final.model_dump_json())
+                    return
+        finally:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+
+    del job
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: str) -> str:
+    return f"event: {event}\ndata: {data}\n\n"

@@ -1,0 +1,27 @@
+"""Maintenance decisions (pure): which jobs are orphaned, which waiting jobs age up."""
+
+from __future__ import annotations
+
+import math
+
+from renderfarm.core.queues import PRIORITY_ORDER, Priority
+
+
+def orphaned_jobs(in_flight: dict[str, str], live_workers: set[str]) -> list[str]:
+    """Jobs recorded as running on a worker that no longer heart-beats."""
+    return sorted(job_id for job_id, worker in in_flight.items() if worker not in live_workers)
+
+
+def aged_priority(original: Priority | str, current: Priority | str, waited_s: float, aging_s: float) -> Priority | None:
+    """The priority a waiting job should sit at after ``waited_s``, if higher than now.
+
+    A job moves up one priority for each ``aging_s`` it has waited, so low priority
+    never starves behind a steady stream of higher work.
+    """
+    if aging_s <= 0 or waited_s < aging_s:
+        return None
+    steps = math.floor(waited_s / aging_s)
+    target_index = max(0, PRIORITY_ORDER.index(Priority(original)) - steps)
+    if target_index < PRIORITY_ORDER.index(Priority(current)):
+        return PRIORITY_ORDER[target_index]
+    return None
