@@ -1,0 +1,55 @@
+# renderfarm: `make run` runs the farm locally, `make test` runs every test.
+# Both install what is missing first: Debian packages (when root or with sudo)
+# and a virtualenv in .venv pinned by constraints.txt.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON := $(abspath $(PY))
+SYSTEM_PACKAGES := redis-server ffmpeg espeak-ng openssl
+SYSTEM_BINARIES := redis-server ffmpeg ffprobe espeak-ng openssl
+INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps run test test-fast bench lint clean
+
+help:
+	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
+	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
+	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
+	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached)"
+
+system-deps:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages (missing:$$missing)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null \
+	    || { echo "could not install:$$missing - install them with your package manager"; exit 1; }; \
+	fi
+
+$(INSTALL_STAMP): pyproject.toml constraints.txt
+	@command -v python3 >/dev/null || { echo "python3 (3.11+) is required"; exit 1; }
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[gpu,operator,dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: system-deps $(INSTALL_STAMP)
+
+run: install
+	$(VENV)/bin/renderfarm local
+
+test: install k8s-tools
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest tests/unit
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+include k8s/dev/cluster.mk

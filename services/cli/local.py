@@ -1,0 +1,202 @@
+"""Run the whole farm on this machine in the foreground (``make run``).
+
+Starts (or reuses) Redis, the API, one worker per pool and the maintenance loop,
+prefixes their output, prints the URL, an API key and a first ``curl``, and stops
+everything cleanly on Ctrl-C: workers first (they finish or hand back their jobs),
+then the API and the maintenance loop, then the Redis it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+_COLORS = ["36", "32", "35", "33", "34", "31"]
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    color: str = "37"
+    stop_timeout_s: float = 30.0
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pump(child: Child) -> None:
+    assert child.proc and child.proc.stdout
+    prefix = f"\033[{child.color}m{child.name:>15}\033[0m | " if sys.stdout.isatty() else f"{child.name:>15} | "
+    for line in iter(child.proc.stdout.readline, b""):
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+def _start(child: Child) -> None:
+    child.proc = subprocess.Popen(child.args, env=child.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    child.pump = threading.Thread(target=_pump, args=(child,), daemon=True)
+    child.pump.start()
+
+
+def _stop(child: Child) -> None:
+    proc = child.proc
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=child.stop_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def _api_key(data_dir: Path, client: redis.Redis) -> str:
+    from renderfarm.api.auth import API_KEYS, create_api_key, hash_key
+
+    key_file = data_dir / ".api-key"
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        if client.hexists(API_KEYS, hash_key(key)):
+            return key
+    key = create_api_key(client, tenant="local")
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int = 6379,
+              pools: list[str] | None = None) -> int:
+    pools = pools or ["cpu", "gpu-transcribe", "gpu-vision"]
+    data_dir = data_dir.resolve()
+    for sub in ("inputs", "outputs", "work", "redis"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    if _port_open(port):
+        print(f"port {port} is already in use; stop what runs there or pass --port", file=sys.stderr)
+        return 1
+
+    children: list[Child] = []
+    redis_url = os.environ.get("RF_REDIS_URL") or f"redis://127.0.0.1:{redis_port}/0"
+    if not os.environ.get("RF_REDIS_URL") and not _port_open(redis_port):
+        if not shutil.which("redis-server"):
+            print("redis-server is not installed (make run installs it: apt-get install redis-server)", file=sys.stderr)
+            return 1
+        children.append(Child("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                        "--dir", str(data_dir / "redis"), "--appendonly", "yes"],
+                              dict(os.environ), stop_timeout_s=10))
+
+    env = dict(os.environ)
+    env.setdefault("RF_DATA_DIR", str(data_dir))
+    env.setdefault("RF_ALLOWED_INPUT_ROOTS", str(data_dir / "inputs"))
+    env["RF_REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages, never a hub
+    python = sys.executable
+    children.append(Child("api", [python, "-m", "uvicorn", "renderfarm.api.app:create_app", "--factory",
+                                  "--host", "127.0.0.1", "--port", str(port)], env))
+    for pool in pools:
+        children.append(Child(f"worker {pool}", [python, "-m", "renderfarm.worker", "--pool", pool],
+                              dict(env, RF_POOL=pool), stop_timeout_s=60))
+    children.append(Child("beat", [python, "-m", "renderfarm.worker.beat"], env))
+    for i, child in enumerate(children):
+        child.color = _COLORS[i % len(_COLORS)]
+
+    stopping = threading.Event()
+
+    def request_stop(*_args) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    try:
+        if children[0].name == "redis":
+            _start(children[0])
+        client = redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or stopping.is_set():
+                    print(f"Redis at {redis_url} did not come up", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        key = _api_key(data_dir, client)
+        for child in children:
+            if child.proc is None:
+                _start(child)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not _port_open(port) and time.monotonic() < deadline and not stopping.is_set():
+            time.sleep(0.2)
+        sample = data_dir / "inputs" / "sample.mp4"
+        _banner(base, key, data_dir, sample, pools)
+        if not sample.exists():
+            _make_sample(sample)
+        while not stopping.is_set():
+            for child in children:
+                if child.proc and child.proc.poll() is not None:
+                    print(f"{child.name} exited with code {child.proc.returncode}; stopping the farm", file=sys.stderr)
+                    stopping.set()
+                    break
+            stopping.wait(0.5)
+    finally:
+        print("\nstopping: workers first (running jobs finish or go back to their queues)…", flush=True)
+        order = [c for c in children if c.name.startswith("worker")] + \
+                [c for c in children if c.name in ("api", "beat")] + [c for c in children if c.name == "redis"]
+        for group in (order[:len(pools)], order[len(pools):]):
+            threads = [threading.Thread(target=_stop, args=(c,)) for c in group]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        print("stopped.", flush=True)
+    return 0
+
+
+def _make_sample(path: Path) -> None:
+    if shutil.which("ffmpeg"):
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+                        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=5",
+                        "-f", "lavfi", "-i", "sine=frequency=440:duration=5",
+                        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                        str(path)], check=False)
+
+
+def _banner(base: str, key: str, data_dir: Path, sample: Path, pools: list[str]) -> None:
+    body = ('{"kind":"transcode","input":"' + sample.as_uri() +
+            '","params":{"renditions":[{"height":240}]}}')
+    print(f"""
+renderfarm is running (pools: {", ".join(pools)})
+  API        {base}   (OpenAPI: {base}/docs, metrics: {base}/metrics)
+  API key    {key}   (saved in {data_dir / '.api-key'})
+  inputs     {data_dir / 'inputs'}   outputs: {data_dir / 'outputs'}
+
+Try:
+  curl -s -X POST {base}/v1/jobs -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' -d '{body}'
+  .venv/bin/renderfarm submit transcode {sample} --rendition height=240 --wait
+
+Ctrl-C stops everything.
+""", flush=True)

@@ -1,0 +1,295 @@
+"""Jobs through real Celery worker processes, a real redis-server and real ffmpeg:
+priority order, pause/resume, cancel (queued and running), retries with backoff,
+dead-letter, worker loss, Redis restart, retention expiry."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from renderfarm.core.jobs import JobStatus
+from renderfarm.core.kinds import get_kind
+from renderfarm.core.queues import Priority
+from renderfarm.core.redis_conn import redis_client as make_redis
+from renderfarm.core.settings import Settings
+from renderfarm.core.store import DEADLETTER, JobStore, events_channel
+from renderfarm.core.submit import job_message, new_job
+from renderfarm.worker.beat import recover_orphans
+from tests.support.media import ffprobe, make_clip, stream
+from tests.support.procs import ServiceProcess, PYTHON, start_worker, wait_for
+
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+@pytest.fixture
+def store(rf_settings_env):
+    settings = Settings()
+    return JobStore(make_redis(settings, socket_timeout_s=5), retention_seconds=settings.retention_seconds)
+
+
+@pytest.fixture
+def clip(data_dir):
+    return make_clip(data_dir / "inputs" / "clip.mp4", duration=1)
+
+
+@pytest.fixture
+def long_clip(data_dir):
+    # Long enough to be caught running (a few seconds of x264 work on this machine).
+    return make_clip(data_dir / "inputs" / "long.mp4", duration=30, width=640, height=360)
+
+
+@pytest.fixture
+def workers():
+    started: list[ServiceProcess] = []
+    yield started
+    for proc in started:
+        proc.stop(signal.SIGKILL, 5)
+
+
+def submit(store: JobStore, kind: str, input_path: Path | str, params: dict | None = None,
+           priority: Priority = Priority.normal):
+    job_kind = get_kind(kind)
+    uri = input_path.as_uri() if isinstance(input_path, Path) else input_path
+    params = job_kind.params_model.model_validate(params or {}).model_dump(mode="json")
+    job = new_job(job_kind, input=uri, params=params, priority=priority)
+    stored, created = store.submit(job, job_message(job_kind, job))
+    assert created
+    return stored
+
+
+def wait_status(store: JobStore, job_id: str, statuses, timeout: float = 60):
+    statuses = {JobStatus(s) for s in ([statuses] if isinstance(statuses, str) else statuses)}
+    return wait_for(lambda: (job := store.get(job_id)).status in statuses and job, timeout,
+                    what=f"job {job_id} to be {','.join(sorted(statuses))}")
+
+
+def test_transcode_through_a_worker_writes_checked_outputs(store, rf_settings_env, workers, clip, data_dir):
+    workers.append(start_worker(rf_settings_env))
+    job = submit(store, "transcode", clip, {"renditions": [{"height": 120}, {"height": 180, "video_bitrate_kbps": 300}]})
+    done = wait_status(store, job.id, TERMINAL)
+    assert done.status == JobStatus.succeeded, done.error
+    assert done.attempts == 1 and done.progress == 100
+    names = sorted(o.name for o in done.result.outputs)
+    assert names == ["120p.mp4", "180p.mp4"]
+    for output in done.result.outputs:
+        path = Path(output.uri.removeprefix("file://"))
+        info = ffprobe(path)
+        video = stream(info, "video")
+        assert video["codec_name"] == "h264" and int(video["height"]) == int(output.name.split("p")[0])
+        assert stream(info, "audio")["codec_name"] == "aac"
+        assert abs(float(info["format"]["duration"]) - 1.0) <= 0.1
+    # Nothing temporary left behind.
+    assert not [p for p in (data_dir / "outputs" / job.id).iterdir() if p.name.startswith(".")]
+    assert not list((data_dir / "work").iterdir())
+
+
+def test_strict_priority_order(store, rf_settings_env, workers, clip):
+    jobs = []
+    for priority in (Priority.low, Priority.normal, Priority.high, Priority.critical):
+        for _ in range(3):
+            jobs.append(submit(store, "probe", clip, priority=priority))
+    workers.append(start_worker(rf_settings_env, concurrency=1))
+    finished = [wait_status(store, job.id, TERMINAL) for job in jobs]
+    assert all(job.status == JobStatus.succeeded for job in finished)
+    by_start = [job.priority for job in sorted(finished, key=lambda j: j.started_at)]
+    assert by_start == [Priority.critical] * 3 + [Priority.high] * 3 + [Priority.normal] * 3 + [Priority.low] * 3
+
+
+def test_paused_queue_is_not_consumed_even_by_new_workers_and_resumes(store, rf_settings_env, workers, clip):
+    workers.append(start_worker(rf_settings_env, concurrency=1))
+    store.set_paused("cpu.normal", True)
+    time.sleep(1.5)  # the worker drops the queue within a second
+    paused_jobs = [submit(store, "probe", clip) for _ in range(3)]
+    other = submit(store, "probe", clip, priority=Priority.high)
+    assert wait_status(store, other.id, TERMINAL).status == JobStatus.succeeded  # other queues still flow
+    workers.append(start_worker(rf_settings_env, concurrency=1))  # a worker started later honours the pause
+    time.sleep(3)
+    assert all(store.get(job.id).status == JobStatus.queued for job in paused_jobs)
+    assert store.queue_stats(["cpu.normal"])[0].depth == 3
+    store.set_paused("cpu.normal", False)
+    assert all(wait_status(store, job.id, TERMINAL).status == JobStatus.succeeded for job in paused_jobs)
+    assert all(store.get(job.id).attempts == 1 for job in paused_jobs)
+
+
+def test_cancelled_queued_job_never_runs(store, rf_settings_env, workers, clip):
+    store.set_paused("cpu.low", True)
+    job = submit(store, "probe", clip, priority=Priority.low)
+    keep = submit(store, "probe", clip, priority=Priority.low)
+    store.transition(job.id, JobStatus.cancelled)
+    workers.append(start_worker(rf_settings_env))
+    store.set_paused("cpu.low", False)
+    assert wait_status(store, keep.id, TERMINAL).status == JobStatus.succeeded
+    cancelled = store.get(job.id)
+    assert cancelled.status == JobStatus.cancelled and cancelled.attempts == 0 and cancelled.started_at is None
+
+
+def _ffmpeg_children(worker: ServiceProcess) -> list[psutil.Process]:
+    return [p for p in psutil.Process(worker.proc.pid).children(recursive=True) if p.name() == "ffmpeg"]
+
+
+def test_cancelling_a_running_job_stops_ffmpeg(store, rf_settings_env, workers, long_clip, clip, data_dir):
+    worker = start_worker(rf_settings_env, concurrency=1)
+    workers.append(worker)
+    job = submit(store, "transcode", long_clip, {"renditions": [{"height": 360, "preset": "medium"}]})
+    wait_for(lambda: store.get(job.id).status == JobStatus.running and store.get(job.id).progress > 0, 60,
+             what="transcode to make progress")
+    assert _ffmpeg_children(worker)
+    store.transition(job.id, JobStatus.cancelled)  # what POST /v1/jobs/{id}/cancel does
+    wait_for(lambda: not _ffmpeg_children(worker), 10, what="ffmpeg to stop")
+    wait_for(lambda: store.get(job.id).stage == "cancelled", 10, what="worker to acknowledge the cancel")
+    final = store.get(job.id)
+    assert final.status == JobStatus.cancelled and final.result is None
+    assert not (data_dir / "outputs" / job.id / "360p.mp4").exists()
+    # The worker is free again.
+    assert wait_status(store, submit(store, "probe", clip).id, TERMINAL).status == JobStatus.succeeded
+
+
+class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+    failures_left = 0
+    payload = b""
+
+    def do_GET(self):
+        if type(self).failures_left != 0:
+            type(self).failures_left -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server(clip):
+    _FlakyHandler.payload = clip.read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    server.shutdown()
+
+
+def test_transient_errors_retry_with_backoff_then_succeed(store, rf_settings_env, workers, flaky_server):
+    _FlakyHandler.failures_left = 2
+    env = dict(rf_settings_env, RF_ALLOW_PRIVATE_FETCH="true")
+    workers.append(start_worker(env))
+    job = submit(store, "probe", flaky_server)
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = store.get(job.id)
+        seen.add(current.status)
+        if current.status in TERMINAL:
+            break
+        time.sleep(0.05)
+    assert current.status == JobStatus.succeeded, current.error
+    assert current.attempts == 3 and JobStatus.retrying in seen
+    assert current.result.metadata  # probe output present
+
+
+def test_poison_job_fails_for_good_into_dead_letter(store, rf_settings_env, workers, flaky_server):
+    _FlakyHandler.failures_left = -1  # always 503: transient every time
+    env = dict(rf_settings_env, RF_ALLOW_PRIVATE_FETCH="true")
+    workers.append(start_worker(env))
+    job = submit(store, "probe", flaky_server)
+    final = wait_status(store, job.id, TERMINAL, timeout=90)
+    assert final.status == JobStatus.failed and final.error.type == "transient" and final.error.retryable is False
+    assert final.attempts == 1 + get_kind("probe").retry.max_retries
+    assert store.redis.lrange(DEADLETTER, 0, -1) == [job.id]
+
+
+def test_corrupt_media_fails_invalid_media_without_retry(store, rf_settings_env, workers, data_dir):
+    bad = data_dir / "inputs" / "corrupt.mp4"
+    bad.write_bytes(b"\x00not a video at all" * 500)
+    workers.append(start_worker(rf_settings_env))
+    job = submit(store, "transcode", bad, {"renditions": [{"height": 120}]})
+    final = wait_status(store, job.id, TERMINAL)
+    assert final.status == JobStatus.failed and final.error.type == "invalid_media"
+    assert final.attempts == 1
+    assert job.id in store.redis.lrange(DEADLETTER, 0, -1)
+
+
+def test_job_of_a_killed_worker_is_recovered(store, rf_settings_env, workers, long_clip):
+    env = dict(rf_settings_env, RF_ORPHAN_AFTER_S="1")
+    doomed = start_worker(env, concurrency=1)
+    workers.append(doomed)
+    job = submit(store, "transcode", long_clip, {"renditions": [{"height": 144, "preset": "ultrafast"}]})
+    wait_for(lambda: store.get(job.id).status == JobStatus.running, 60, what="job to start")
+    doomed.kill()  # SIGKILL the whole worker: no chance to hand the job back
+    settings = Settings(orphan_after_s=1)
+    wait_for(lambda: recover_orphans(store, settings) == [job.id], 20, interval=0.5, what="orphan recovery")
+    assert store.get(job.id).status == JobStatus.retrying
+    workers.append(start_worker(env, concurrency=1))
+    final = wait_status(store, job.id, TERMINAL, timeout=120)
+    assert final.status == JobStatus.succeeded and final.attempts == 2
+
+
+def test_sigterm_lets_the_running_job_finish(store, rf_settings_env, workers, data_dir):
+    clip = make_clip(data_dir / "inputs" / "mid.mp4", duration=8, width=640, height=360)
+    worker = start_worker(rf_settings_env, concurrency=1)
+    workers.append(worker)
+    job = submit(store, "transcode", clip, {"renditions": [{"height": 240}]})
+    wait_for(lambda: store.get(job.id).status == JobStatus.running, 60, what="job to start")
+    # Only the main process, as Kubernetes does (PID 1); Celery's warm shutdown lets the job finish.
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(timeout=120)
+    final = store.get(job.id)
+    assert final.status == JobStatus.succeeded and final.attempts == 1
+
+
+def test_jobs_survive_a_redis_restart(store, rf_settings_env, workers, clip, redis_server):
+    jobs = [submit(store, "probe", clip) for _ in range(3)]
+    redis_server.stop()
+    redis_server.start()  # same port and folder: the append-only file brings everything back
+    assert [store.get(job.id).status for job in jobs] == [JobStatus.queued] * 3
+    workers.append(start_worker(rf_settings_env))
+    assert all(wait_status(store, job.id, TERMINAL).status == JobStatus.succeeded for job in jobs)
+    # The worker rides out another restart and keeps consuming.
+    redis_server.stop()
+    redis_server.start()
+    late = submit(store, "probe", clip)
+    assert wait_status(store, late.id, TERMINAL, timeout=90).status == JobStatus.succeeded
+
+
+def test_finished_jobs_expire_after_retention(rf_settings_env, workers, clip):
+    env = dict(rf_settings_env, RF_RETENTION_SECONDS="2")
+    settings = Settings(retention_seconds=2)
+    store = JobStore(make_redis(settings, socket_timeout_s=5), retention_seconds=2)
+    workers.append(start_worker(env))
+    job = submit(store, "probe", clip)
+    assert wait_status(store, job.id, TERMINAL).status == JobStatus.succeeded
+    assert 0 < store.redis.ttl(f"rf:job:{job.id}") <= 2
+    wait_for(lambda: not store.redis.exists(f"rf:job:{job.id}"), 5, what="expiry")
+    assert store.purge_expired_index_entries() >= 3  # all, status and kind indexes
+    assert store.list().jobs == [] and store.counts_by_status()["succeeded"] == 0
+
+
+def test_progress_events_are_published_and_kept(store, rf_settings_env, workers, data_dir):
+    clip = make_clip(data_dir / "inputs" / "p.mp4", duration=6, width=640, height=360)
+    pubsub = store.redis.pubsub()
+    workers.append(start_worker(rf_settings_env))
+    job = submit(store, "transcode", clip, {"renditions": [{"height": 240}]})
+    pubsub.subscribe(events_channel(job.id))
+    events = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message:
+            events.append(json.loads(message["data"]))
+            if events[-1]["status"] in ("succeeded", "failed"):
+                break
+    assert events[-1]["status"] == "succeeded"
+    running = [e["progress"] for e in events if e["status"] == "running"]
+    assert len(running) >= 2 and running == sorted(running)
+    assert store.get(job.id).progress == 100
