@@ -39,29 +39,62 @@ def file_path(uri: str) -> Path:
 
 def confine_path(path: Path, roots: list[Path]) -> Path:
     """The real path of ``path`` if it lies under one of ``roots``; InputError otherwise."""
+    if "\x00" in str(path):
+        raise InputError("input path must not contain NUL bytes")
     if ".." in path.parts:
         raise InputError("input path must not contain '..'")
     if not path.is_absolute():
         raise InputError("input path must be absolute")
-    real = path.resolve(strict=False)
-    for root in roots:
+    try:
+        # Symlinks are followed: a link inside a root that points outside is outside.
+        real = path.resolve(strict=False)
+        real_roots = [Path(root).resolve(strict=False) for root in roots]
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable component
+        raise InputError(f"input path {str(path)!r} cannot be resolved: {exc}") from None
+    for root in real_roots:
         if real == root or root in real.parents:
             return real
     raise InputError(f"input {str(path)!r} is outside the allowed input roots")
 
 
+_NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+_METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200"})
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation mechanism
+    (mapped, NAT64, 6to4, Teredo): ``::ffff:127.0.0.1`` is loopback."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip in _NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    return None
+
+
 def is_forbidden_address(address: str) -> bool:
+    """True for anything but a public unicast address: private, loopback, link-local,
+    carrier-grade NAT, multicast, reserved, unspecified, cloud metadata endpoints,
+    and IPv6 forms that translate to one of those."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and is_forbidden_address(str(embedded)):
+            return True
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
     return (
-        ip.is_private
+        not ip.is_global
+        or ip.is_private
         or ip.is_loopback
         or ip.is_link_local
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or str(ip) in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+        or ip.compressed in _METADATA_ADDRESSES
         or ip in ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, used by some clouds
     )
 
@@ -71,12 +104,20 @@ def resolve_host(host: str) -> list[str]:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise InputError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    except (UnicodeError, ValueError) as exc:  # an invalid international name, a NUL byte
+        raise InputError(f"invalid host {host!r}: {exc}") from None
     return sorted({info[4][0] for info in infos})
 
 
 def check_http_url(uri: str, *, allow_private: bool) -> list[str]:
     """Validate an http(s) URL; returns the addresses it may be fetched from."""
     parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InputError(f"unsupported URL scheme {parts.scheme!r}; use http:// or https://")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise InputError(f"invalid URL: {exc}") from None
     if not parts.hostname:
         raise InputError("URL has no host")
     if parts.username or parts.password:

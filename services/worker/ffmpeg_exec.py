@@ -1,0 +1,274 @@
+"""The thin edge that runs ffmpeg and ffprobe.
+
+Every command gets the same safety and reporting flags:
+
+- inputs are opened with ``-protocol_whitelist file``: a media file can name other
+  resources (an HLS or DASH playlist, a concat list), and without the whitelist
+  ffmpeg would fetch them, which turns a media job into an SSRF probe;
+- untrusted inputs are also limited to a list of ordinary media demuxers
+  (``-format_whitelist``), so playlist demuxers (hls, dash, concat…) never run,
+  not even against local ``file:`` segments (which would read arbitrary files);
+- ``-progress pipe:1 -nostats``: a machine-readable key=value progress stream on
+  stdout, parsed here into a percentage;
+- ``-nostdin``: ffmpeg must never wait for, or eat, terminal input.
+
+The parser is a pure function (``parse_progress_lines``); the process handling
+around it (``run_ffmpeg``) kills ffmpeg when the job is cancelled.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import ffmpeg
+
+from renderfarm.worker.errors import InvalidMedia
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+
+GLOBAL_ARGS: tuple[str, ...] = ("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
+
+PROTOCOL_WHITELIST = "file"
+
+# Demuxers an uploaded media file may be read with. Playlist and list demuxers
+# (hls, dash, concat, image2 patterns, ffmetadata…) are deliberately absent.
+# ffmpeg matches each comma-separated part of a demuxer's name, so "mov" covers
+# "mov,mp4,m4a,3gp,3g2,mj2" and "matroska" covers "matroska,webm".
+MEDIA_DEMUXERS: tuple[str, ...] = (
+    "mov", "matroska", "webm", "avi", "mpegts", "mpeg", "mpegvideo", "flv", "asf", "mxf", "gxf", "lxf",
+    "ogg", "nut", "rm", "wtv", "dv", "ivf", "obu", "av1", "h264", "hevc", "m4v", "vc1", "dirac", "dnxhd",
+    "mjpeg", "gif", "yuv4mpegpipe",
+    "wav", "w64", "mp3", "flac", "aac", "loas", "ac3", "eac3", "dts", "truehd", "mlp", "aiff", "caf",
+    "amr", "amrnb", "amrwb", "wv", "ape", "tta",
+)
+FORMAT_WHITELIST = ",".join(MEDIA_DEMUXERS)
+
+# How long ffmpeg gets to exit after SIGTERM before it is killed.
+TERMINATE_GRACE_S = 2.0
+
+# stderr phrases that mean "this input cannot be read as media" (not a bug here,
+# not worth a retry).
+_INVALID_MEDIA_PATTERNS = (
+    "invalid data found when processing input",
+    "moov atom not found",
+    "no such file or directory",
+    "not on whitelist",
+    "could not find codec parameters",
+    "matches no streams",
+    "does not contain any stream",
+    "error opening input",
+    "end of file",
+)
+
+
+def input_kwargs(*, trusted: bool = False) -> dict[str, str]:
+    """Options for an ``ffmpeg.input``: the whitelists. ``trusted`` is for files this
+    worker wrote itself (image sequences for a sprite sheet), which need the image2
+    demuxer; the protocol whitelist applies to every input."""
+    options = {"protocol_whitelist": PROTOCOL_WHITELIST}
+    if not trusted:
+        options["format_whitelist"] = FORMAT_WHITELIST
+    return options
+
+
+def file_url(path: Path | str) -> str:
+    """``file:`` + absolute path: a colon in a file name can never select a protocol."""
+    return "file:" + str(Path(path).absolute())
+
+
+def compile_command(stream_spec) -> list[str]:
+    """The argv for an ffmpeg-python output spec, with the global flags up front."""
+    argv = ffmpeg.compile(stream_spec, cmd=FFMPEG, overwrite_output=True)
+    return [argv[0], *GLOBAL_ARGS, *argv[1:]]
+
+
+# --- progress (pure) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """One ``-progress`` block: output time reached (None before the first packet) and
+    whether ffmpeg said it is done."""
+
+    out_time_s: float | None
+    ended: bool
+
+
+def _parse_out_time(block: dict[str, str]) -> float | None:
+    # out_time_us is the documented key; ffmpeg also writes out_time_ms which, for
+    # historical reasons, is in microseconds too. out_time is HH:MM:SS.micro.
+    for key in ("out_time_us", "out_time_ms"):
+        raw = block.get(key)
+        if raw is not None and raw != "N/A":
+            try:
+                return max(0.0, int(raw) / 1_000_000)
+            except ValueError:
+                pass
+    raw = block.get("out_time")
+    if raw:
+        match = re.fullmatch(r"(-?)(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", raw.strip())
+        if match:
+            sign, hours, minutes, seconds = match.groups()
+            if sign:
+                return 0.0
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return None
+
+
+class ProgressParser:
+    """Incremental parser of ffmpeg's ``-progress`` stream: feed it lines, it returns
+    a ProgressUpdate at the end of each block (the ``progress=`` line)."""
+
+    def __init__(self) -> None:
+        self._block: dict[str, str] = {}
+        self.last_time_s: float | None = None
+        self.ended = False
+
+    def feed(self, line: str) -> ProgressUpdate | None:
+        line = line.strip()
+        if not line or "=" not in line:
+            return None
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if key != "progress":
+            self._block[key] = value
+            return None
+        out_time = _parse_out_time(self._block)
+        self._block = {}
+        if out_time is not None:
+            self.last_time_s = out_time
+        self.ended = value == "end"
+        return ProgressUpdate(out_time_s=out_time, ended=self.ended)
+
+
+def parse_progress_lines(lines: Iterable[str]) -> list[ProgressUpdate]:
+    """Every complete block in ``lines``, in order."""
+    parser = ProgressParser()
+    updates = []
+    for line in lines:
+        update = parser.feed(line)
+        if update is not None:
+            updates.append(update)
+    return updates
+
+
+def progress_percent(update: ProgressUpdate, duration_s: float | None, previous: float = 0.0) -> float:
+    """Percent done for one update; never goes backwards, 100 only at the end."""
+    if update.ended:
+        return 100.0
+    if update.out_time_s is None or not duration_s or duration_s <= 0:
+        return previous
+    # Capped below 100: output time can overshoot the probed duration slightly,
+    # and "done" is said by progress=end, not by the clock.
+    return max(previous, min(99.9, 100.0 * update.out_time_s / duration_s))
+
+
+# --- errors (pure) ---------------------------------------------------------------------
+
+
+def is_invalid_media(stderr: str) -> bool:
+    text = stderr.lower()
+    return any(pattern in text for pattern in _INVALID_MEDIA_PATTERNS)
+
+
+def _stderr_tail(stderr: str, limit: int = 2000) -> str:
+    stderr = stderr.strip()
+    return stderr[-limit:] if len(stderr) > limit else stderr
+
+
+def failure(what: str, returncode: int, stderr: str) -> Exception:
+    """The exception for a failed ffmpeg/ffprobe run."""
+    tail = _stderr_tail(stderr)
+    if is_invalid_media(stderr):
+        return InvalidMedia(f"{what}: unreadable or invalid media: {tail or f'exit status {returncode}'}")
+    return RuntimeError(f"{what} failed with exit status {returncode}: {tail}")
+
+
+# --- processes (imperative shell) ------------------------------------------------------
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_ffmpeg(
+    argv: Sequence[str],
+    *,
+    duration_s: float | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    what: str = "ffmpeg",
+    grace_s: float = TERMINATE_GRACE_S,
+) -> None:
+    """Run an ffmpeg command to the end, calling ``on_progress(percent)`` for every
+    progress block.
+
+    If ``on_progress`` raises (JobCancelled, typically) — or anything else
+    interrupts the wait, such as Celery's soft time limit — ffmpeg is stopped
+    (SIGTERM, then SIGKILL after ``grace_s``) and the exception propagates.
+    A non-zero exit raises InvalidMedia when stderr says the input is unreadable,
+    otherwise RuntimeError with the end of stderr.
+    """
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
+    # stderr is drained on a thread: a chatty ffmpeg must never block on a full pipe.
+    stderr_lines: deque[str] = deque(maxlen=200)
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), name="ffmpeg-stderr", daemon=True)
+    reader.start()
+    parser = ProgressParser()
+    percent = 0.0
+    try:
+        for line in proc.stdout:
+            update = parser.feed(line)
+            if update is None:
+                continue
+            percent = progress_percent(update, duration_s, percent)
+            if on_progress is not None:
+                on_progress(percent)
+        returncode = proc.wait()
+    except BaseException:
+        _stop(proc, grace_s)
+        raise
+    finally:
+        proc.stdout.close()
+        reader.join(timeout=5)
+        proc.stderr.close()
+    if returncode != 0:
+        raise failure(what, returncode, "".join(stderr_lines))
+
+
+def probe(path: Path | str) -> dict:
+    """ffprobe's JSON (format and streams) for a local file, with the same input
+    whitelists as ffmpeg. Any ffprobe failure means the media is unusable: InvalidMedia."""
+    try:
+        return ffmpeg.probe(
+            file_url(path),
+            cmd=FFPROBE,
+            v="error",
+            **input_kwargs(),
+        )
+    except ffmpeg.Error as exc:
+        stderr = (exc.stderr or b"").decode("utf-8", "replace")
+        raise InvalidMedia(f"cannot read {Path(path).name!r} as media: {_stderr_tail(stderr) or 'ffprobe failed'}") from None
+    except ValueError as exc:  # ffprobe printed something that is not JSON
+        raise InvalidMedia(f"cannot read {Path(path).name!r} as media: {exc}") from None
