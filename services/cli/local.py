@@ -110,6 +110,8 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
     env["RF_REDIS_URL"] = redis_url
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages, never a hub
+    if not env.get("RF_WEBHOOK_SECRET"):
+        env["RF_WEBHOOK_SECRET"] = _local_secret(data_dir / ".webhook-secret")
     python = sys.executable
     children.append(Child("api", [python, "-m", "uvicorn", "renderfarm.api.app:create_app", "--factory",
                                   "--host", "127.0.0.1", "--port", str(port)], env))
@@ -173,6 +175,15 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
                 thread.join()
         print("stopped.", flush=True)
     return 0
+
+
+def _local_secret(path: Path) -> str:
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_hex(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _make_sample(path: Path) -> None:

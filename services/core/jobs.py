@@ -110,6 +110,7 @@ class Job(BaseModel):
     error: JobError | None = None
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    webhook_delivery: str | None = None  # "delivered" or why it was given up
     labels: dict[str, str] = Field(default_factory=dict)
     tenant: str = "default"
     worker: str | None = None

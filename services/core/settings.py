@@ -46,7 +46,13 @@ class Settings(BaseSettings):
     # Private, loopback, link-local and metadata addresses are refused unless allowed.
     allow_private_fetch: bool = False
 
+    # Signs webhook deliveries (HMAC-SHA256); jobs with a webhook_url need it set.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = 10.0
+
     worker_heartbeat_s: float = 5.0
+    # Each worker serves /metrics here (0 = off); the chart sets it, tests pick a free port.
+    worker_metrics_port: int = 0
     # A job whose worker stopped heart-beating this long ago goes back to its queue.
     orphan_after_s: float = 30.0
 

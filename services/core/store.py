@@ -50,7 +50,8 @@ DEADLETTER = f"{PREFIX}deadletter"
 PAUSED = f"{PREFIX}paused"
 WORKERS = f"{PREFIX}workers"
 DELAYED = f"{PREFIX}delayed"
-BEAT_HEARTBEAT = f"{PREFIX}beat"  # set by the maintenance loop, with a TTL
+BEAT_HEARTBEAT = f"{PREFIX}beat"
+WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due  # set by the maintenance loop, with a TTL
 _INDEX_PREFIX = f"{PREFIX}jobs:"
 
 
@@ -128,7 +129,7 @@ def decode_job(raw: dict[str, str]) -> Job:
             data[name] = json.loads(value) if value else None
         elif name in _TIME_FIELDS:
             data[name] = datetime.fromtimestamp(float(value), tz=timezone.utc) if value else None
-        elif value == "" and name in ("idempotency_key", "webhook_url", "worker"):
+        elif value == "" and name in ("idempotency_key", "webhook_url", "webhook_delivery", "worker"):
             data[name] = None
         else:
             data[name] = value
@@ -136,7 +137,7 @@ def decode_job(raw: dict[str, str]) -> Job:
         data["labels"] = {}
     if data.get("params") is None:
         data["params"] = {}
-    for internal in ("body_hash", "queue_message"):
+    for internal in ("body_hash", "queue_message", "webhook_attempts"):
         data.pop(internal, None)
     return Job.model_validate(data)
 
@@ -176,7 +177,17 @@ redis.call('ZREM', 'rf:jobs:status:' .. current, ARGV[1])
 redis.call('ZADD', 'rf:jobs:status:' .. ARGV[2], score, ARGV[1])
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if ARGV[2] ~= 'running' and queue then redis.call('HDEL', 'rf:inflight:' .. queue, ARGV[1]) end
-if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4])) else redis.call('PERSIST', KEYS[1]) end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  local hook = redis.call('HGET', KEYS[1], 'webhook_url')
+  if hook and hook ~= '' then
+    local now = redis.call('TIME')
+    redis.call('ZADD', 'rf:webhooks', now[1], ARGV[1])
+    redis.call('HSET', KEYS[1], 'webhook_attempts', '0')
+  end
+else
+  redis.call('PERSIST', KEYS[1])
+end
 if ARGV[5] == '1' then redis.call('LPUSH', 'rf:deadletter', ARGV[1]) end
 if ARGV[2] == 'queued' then redis.call('LREM', 'rf:deadletter', 0, ARGV[1]) end
 if ARGV[2] == 'cancelled' and current == 'queued' and queue then

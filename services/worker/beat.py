@@ -3,7 +3,8 @@
 - due retries go back on their queues (every second; workers do this too);
 - jobs whose worker stopped heart-beating go back on their queues;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
-- index entries of jobs past their retention are removed.
+- index entries of jobs past their retention are removed;
+- webhooks of finished jobs are delivered, signed, with retries.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key
 from renderfarm.core.submit import job_message
+from renderfarm.worker.webhooks import deliver_due
 
 log = logging.getLogger("renderfarm.beat")
 
@@ -87,6 +89,7 @@ def run_forever(stop: threading.Event, settings: Settings | None = None) -> None
         try:
             store.redis.set(BEAT_HEARTBEAT, repr(time.time()), ex=max(5, int(settings.maintenance_interval_s * 3)))
             store.promote_due_retries()
+            deliver_due(store, settings)
             if started - last_slow >= 5:
                 last_slow = started
                 recover_orphans(store, settings)

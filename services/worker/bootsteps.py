@@ -39,6 +39,30 @@ def reconcile_plan(current: list[str], desired: list[str]) -> tuple[list[str], l
     return current[common:], desired[common:]
 
 
+def worker_registry(pool: str, name: str, consumer):
+    """Worker metrics: up, busy (jobs running now) and concurrency, read at scrape time."""
+    from celery.worker import state
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    class WorkerCollector:
+        def collect(self):
+            labels = [pool, name]
+            for metric, help_text, value in (
+                ("renderfarm_worker_up", "1 while this worker runs", 1),
+                ("renderfarm_worker_busy", "Jobs this worker is running now", len(state.active_requests)),
+                ("renderfarm_worker_concurrency", "Jobs this worker can run at once",
+                 getattr(consumer.controller, "concurrency", 0) or 0),
+            ):
+                family = GaugeMetricFamily(metric, help_text, labels=["pool", "worker"])
+                family.add_metric(labels, value)
+                yield family
+
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector())
+    return registry
+
+
 class RenderfarmStep(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -54,6 +78,11 @@ class RenderfarmStep(bootsteps.StartStopStep):
 
         self.store = job_store()
         settings = get_settings()
+        if settings.worker_metrics_port and not getattr(RenderfarmStep, "_metrics_started", False):
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.worker_metrics_port, registry=worker_registry(self.pool, self.name_in_store, c))
+            RenderfarmStep._metrics_started = True
         self._sync_queues(c)
         self._heartbeat(c)
         self.timers = [

@@ -47,7 +47,7 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-def _pinned(url: httpx.URL, address: str | None) -> tuple[httpx.URL, dict[str, str], dict]:
+def pinned_target(url: httpx.URL, address: str | None) -> tuple[httpx.URL, dict[str, str], dict]:
     """A request that connects to an address that was checked, not to whatever a
     second DNS lookup answers (DNS rebinding): the URL carries the address, the Host
     header and the TLS server name (certificate check included) carry the host name."""
@@ -62,7 +62,7 @@ def _send(client: httpx.Client, url: httpx.URL, addresses: list[str]) -> httpx.R
     """GET ``url`` from the first checked address that accepts a connection."""
     candidates: list[str | None] = list(addresses) or [None]
     for position, address in enumerate(candidates):
-        request_url, headers, extensions = _pinned(url, address)
+        request_url, headers, extensions = pinned_target(url, address)
         # Media is not worth compressing in transit; asking for identity keeps the
         # size limit about what the server sends as well as what lands on disk.
         headers["Accept-Encoding"] = "identity"

@@ -90,6 +90,22 @@ def test_transcode_through_a_worker_writes_checked_outputs(store, rf_settings_en
     assert not list((data_dir / "work").iterdir())
 
 
+def test_worker_serves_its_own_metrics(store, rf_settings_env, workers, long_clip):
+    import httpx
+
+    from tests.support.procs import free_port
+
+    port = free_port()
+    workers.append(start_worker(dict(rf_settings_env, RF_WORKER_METRICS_PORT=str(port)), concurrency=1))
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert 'renderfarm_worker_busy{pool="cpu"' in httpx.get(url).text
+    job = submit(store, "transcode", long_clip, {"renditions": [{"height": 144}]})
+    wait_for(lambda: store.get(job.id).status == JobStatus.running, 60, what="job to start")
+    busy = [line for line in httpx.get(url).text.splitlines() if line.startswith("renderfarm_worker_busy{")]
+    assert busy and busy[0].endswith(" 1.0")
+    store.transition(job.id, JobStatus.cancelled)
+
+
 def test_strict_priority_order(store, rf_settings_env, workers, clip):
     jobs = []
     for priority in (Priority.low, Priority.normal, Priority.high, Priority.critical):

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError
 from renderfarm.api.schemas import JobPage, SubmitJobRequest
-from renderfarm.core.inputs import InputError, validate_input
+from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus
 from renderfarm.core.kinds import KINDS, get_kind
 from renderfarm.core.settings import Settings
@@ -51,6 +51,14 @@ def submit_job(
         validate_input(body.input, roots=settings_.input_roots, allow_private=settings_.allow_private_fetch)
     except InputError as exc:
         raise ApiError(422, "invalid_input", str(exc), [{"field": "input", "message": str(exc)}]) from None
+    if body.webhook_url is not None:
+        if not settings_.webhook_secret:
+            raise ApiError(422, "invalid_webhook", "webhooks are signed: set RF_WEBHOOK_SECRET on the API and beat first",
+                           [{"field": "webhook_url", "message": "RF_WEBHOOK_SECRET is not set"}])
+        try:
+            check_http_url(str(body.webhook_url), allow_private=settings_.allow_private_fetch)
+        except InputError as exc:
+            raise ApiError(422, "invalid_webhook", str(exc), [{"field": "webhook_url", "message": str(exc)}]) from None
     params = body.params.model_dump(mode="json")
     job = new_job(
         kind,
