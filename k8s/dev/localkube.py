@@ -171,6 +171,23 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+_ERROR_LINE = re.compile(r'^(E\d{4}|F\d{4}|Error\b|error:)|"level":"(error|fatal|panic)"|level=(ERROR|FATAL)|^panic:')
+
+
+def _log_excerpt(path: Path, lines: int = 40) -> str:
+    """Error lines (first few) plus the tail of a log: the usage text printed
+    after a bad flag would otherwise hide the message."""
+    try:
+        text = path.read_bytes()[-512 * 1024:].decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    errors = [ln for ln in text.splitlines() if _ERROR_LINE.search(ln)][:8]
+    tail = _tail(path, lines)
+    if errors:
+        return "error lines:\n" + "\n".join(errors) + "\n... last lines:\n" + tail
+    return tail
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     """Ask Linux to SIGKILL this child when the process that started it dies."""
     try:
@@ -243,6 +260,21 @@ def _run_openssl(cwd: Path, *args: str) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LocalClusterError(f"openssl {' '.join(args)} failed:\n{proc.stderr.strip()}")
+
+
+WORKDIR_PREFIX = "rf-localkube-"
+
+
+def _remove_stale_workdirs() -> None:
+    """Remove work folders left by a test process that was killed (its
+    processes died with it through PR_SET_PDEATHSIG, the folder did not)."""
+    for path in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = int((path / "owner.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 _LIVE: set["LocalCluster"] = set()
@@ -350,7 +382,9 @@ class LocalCluster:
             self._workdir_arg.mkdir(parents=True, exist_ok=True)
             self.workdir = self._workdir_arg
         else:
-            self.workdir = Path(tempfile.mkdtemp(prefix="rf-localkube-"))
+            _remove_stale_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(f"{os.getpid()}\n")
         for sub in ("pki", "logs", "etcd", "kubeconfigs", "helm", "kube-cache"):
             (self.workdir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._started = True
@@ -585,7 +619,7 @@ class LocalCluster:
             if proc.poll() is not None:
                 raise LocalClusterError(
                     f"{name} exited with code {proc.returncode} during start-up; "
-                    f"last lines of {self.log_file(name)}:\n{_tail(self.log_file(name))}"
+                    f"log {self.log_file(name)}:\n{_log_excerpt(self.log_file(name))}"
                 )
 
     def _wait(self, what: str, check: Any, timeout: float) -> None:
@@ -602,7 +636,7 @@ class LocalCluster:
                 last = exc
             if time.monotonic() > deadline:
                 logs = "\n".join(
-                    f"--- {name} ({self.log_file(name)}):\n{_tail(self.log_file(name), 15)}"
+                    f"--- {name} ({self.log_file(name)}):\n{_log_excerpt(self.log_file(name), 15)}"
                     for name in self.procs
                 )
                 raise LocalClusterError(f"timed out after {timeout:.0f}s waiting for {what}: {last}\n{logs}")
