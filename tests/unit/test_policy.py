@@ -400,3 +400,142 @@ def test_crd_defaults_equal_the_model_defaults():
         assert props[name]["properties"]["maxStep"]["default"] == rules.max_step
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.pinnedReplicas"
     assert crd["spec"]["names"]["shortNames"] == ["wp"]
+
+
+# --- the inputs the policy gets: queue reading, pods, leases (pure helpers and one real Redis) ----
+
+
+def test_reader_counts_priority_sub_lists_and_in_flight_in_one_round_trip(redis_client):
+    from renderfarm.core.queues import redis_list_keys
+    from renderfarm.operator.queue_reader import QueueReader, busy_pods
+
+    base, *subs = redis_list_keys("cpu.high")
+    redis_client.lpush(base, "m1", "m2")
+    redis_client.lpush(subs[0], "m3")
+    redis_client.lpush(subs[2], "m4", "m5")
+    redis_client.hset("rf:inflight:cpu.high", mapping={"j1": "cpu@pod-a", "j2": "cpu@pod-b"})
+    redis_client.hset("rf:inflight:cpu.low", mapping={"j3": "cpu@pod-a"})
+    redis_client.sadd("rf:paused", "cpu.low")
+    redis_client.hset("rf:metrics:outcomes", mapping={"probe|cpu.high|succeeded": 7, "probe|cpu.high|failed": 1,
+                                                      "probe|cpu.low|succeeded": 2})
+    before = redis_client.info("stats")["total_commands_processed"]
+    snapshot = QueueReader(redis_client).read(CPU)
+    commands = redis_client.info("stats")["total_commands_processed"] - before - 1  # the INFO itself
+    assert snapshot.ok and snapshot.round_trips == 1
+    assert commands == len(CPU) * 5 + 2  # 4 LLEN + 1 HGETALL per queue, SMEMBERS, HGETALL
+    assert snapshot.queues["cpu.high"].backlog == 5
+    assert len(snapshot.queues["cpu.high"].in_flight) == 2
+    assert snapshot.paused == {"cpu.low"}
+    assert snapshot.completed() == {"cpu.high": 8, "cpu.low": 2}
+    assert busy_pods(snapshot, CPU) == {"pod-a": 2, "pod-b": 1}
+
+
+def test_reader_reports_unknown_never_zero_when_redis_is_gone():
+    import redis as redis_lib
+
+    from renderfarm.operator.queue_reader import QueueReader
+    from tests.support.procs import free_port
+
+    dead = redis_lib.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2, decode_responses=True)
+    snapshot = QueueReader(dead).read(CPU)
+    assert not snapshot.ok and not snapshot.knows(CPU) and "Connection" in snapshot.error
+
+
+def test_a_queue_of_the_wrong_type_is_unknown_not_empty(redis_client):
+    from renderfarm.operator.queue_reader import QueueReader
+
+    redis_client.set("cpu.low", "not a list")
+    snapshot = QueueReader(redis_client).read(CPU)
+    assert snapshot.ok and "cpu.low" not in snapshot.queues and not snapshot.knows(CPU)
+    assert snapshot.knows(["cpu.high"])
+
+
+def test_rates_come_from_queue_and_outcome_deltas():
+    from renderfarm.operator.queue_reader import QueueReading, RateTracker, Snapshot
+
+    def snap(t, backlog, running, done):
+        return Snapshot(taken_at=t, ok=True, queues={"cpu.high": QueueReading(backlog, {str(i): "cpu@p" for i in range(running)})},
+                        outcomes={"probe|cpu.high|succeeded": done})
+
+    tracker = RateTracker(time_constant_s=1e-9)  # no smoothing: the last interval's rate
+    tracker.update(snap(0, 10, 2, 0))
+    tracker.update(snap(2, 12, 2, 4))  # +2 waiting, 4 finished -> 6 arrived in 2 s
+    assert tracker.pool_rates(["cpu.high"]) == pytest.approx((3.0, 2.0))
+    tracker.update(Snapshot(taken_at=4, ok=False))  # a gap is not a burst
+    tracker.update(snap(6, 100, 2, 4))
+    assert tracker.pool_rates(["cpu.high"]) == pytest.approx((3.0, 2.0))
+
+
+def test_pending_unschedulable_pods_are_counted_and_busy_pods_are_dear():
+    from renderfarm.operator.pods import BUSY_COST, IDLE_COST, count_unschedulable, deletion_costs, pod_info
+
+    def pod(name, phase="Running", reason=None, cost=None):
+        conditions = [{"type": "PodScheduled", "status": "False", "reason": reason}] if reason else []
+        annotations = {"controller.kubernetes.io/pod-deletion-cost": cost} if cost else {}
+        return pod_info({"metadata": {"name": name, "annotations": annotations},
+                         "status": {"phase": phase, "conditions": conditions}})
+
+    pods = [pod("a"), pod("b", cost=str(IDLE_COST)), pod("c", "Pending", "Unschedulable"), pod("d", "Pending")]
+    assert count_unschedulable(pods) == 1
+    assert deletion_costs(pods, {"a": 2, "b": 1}) == {"a": str(BUSY_COST + 2), "b": str(BUSY_COST + 1),
+                                                       "c": str(IDLE_COST), "d": str(IDLE_COST)}
+    assert deletion_costs([pod("b", cost=str(IDLE_COST))], {}) == {}  # unchanged: not patched again
+
+
+def test_lease_is_taken_only_when_free_or_silent_for_a_whole_duration():
+    from renderfarm.operator.leader import LeaseRecord, lease_action
+
+    other = LeaseRecord("other", "t1", 15, 0)
+    assert lease_action(None, "me", 0, 0) == "create"
+    assert lease_action(LeaseRecord("me", "t1", 15, 0), "me", 0, 100) == "renew"
+    assert lease_action(other, "me", record_seen_since=100, now=110) == "wait"
+    assert lease_action(other, "me", record_seen_since=100, now=115) == "acquire"
+    assert lease_action(LeaseRecord("", "t1", 1, 0), "me", 100, 100) == "acquire"  # released
+
+
+def test_two_operator_replicas_never_lead_at_the_same_time():
+    import copy
+
+    from kubernetes.client.rest import ApiException
+
+    from renderfarm.operator.leader import LeaderElector
+
+    class LeaseStore:  # the API server's optimistic concurrency on one Lease
+        def __init__(self):
+            self.lease, self.version = None, 0
+
+        def get_lease(self, namespace, name):
+            return copy.deepcopy(self.lease)
+
+        def create_lease(self, namespace, lease):
+            if self.lease is not None:
+                raise ApiException(status=409, reason="AlreadyExists")
+            self.version += 1
+            lease.metadata.resource_version = str(self.version)
+            self.lease = copy.deepcopy(lease)
+            return lease
+
+        def replace_lease(self, namespace, name, lease):
+            if lease.metadata.resource_version != self.lease.metadata.resource_version:
+                raise ApiException(status=409, reason="Conflict")
+            self.version += 1
+            lease.metadata.resource_version = str(self.version)
+            self.lease = copy.deepcopy(lease)
+            return lease
+
+    clock = [0.0]
+    store = LeaseStore()
+    a = LeaderElector(store, "ns", "lease", "a", duration_s=15, clock=lambda: clock[0])
+    b = LeaderElector(store, "ns", "lease", "b", duration_s=15, clock=lambda: clock[0])
+    a_alive = True
+    for step in range(120):
+        clock[0] = step * 0.5
+        if step == 40:
+            a_alive = False  # a hangs (no renewals) without releasing
+        if a_alive:
+            a.tick()
+        b.tick()
+        assert not (a.is_leader and b.is_leader), f"two leaders at t={clock[0]}"
+    assert b.is_leader and not a.is_leader
+    b.release()
+    assert a.tick()  # a released Lease is taken at once
