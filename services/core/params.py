@@ -74,12 +74,15 @@ class ExtractAudioParams(_Params):
 
 
 class TranscribeParams(_Params):
-    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$")
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$",
+                                 description="language code (en, fr, ...); omitted: detected from the audio "
+                                             "(English-only models always use en)")
     beam_size: int = Field(default=5, ge=1, le=10)
-    vad_filter: bool = False
-    word_timestamps: bool = True
-    batched: bool = False
-    batch_size: int = Field(default=8, ge=1, le=64)
+    vad_filter: bool = Field(default=False, description="skip non-speech found by the Silero VAD")
+    word_timestamps: bool = Field(default=True, description="per-word start/end/probability in transcript.json")
+    batched: bool = Field(default=False, description="decode speech chunks side by side (BatchedInferencePipeline); "
+                                                     "the chunks come from the VAD, so this implies vad_filter")
+    batch_size: int = Field(default=8, ge=1, le=64, description="chunks per batch when batched")
     formats: list[Literal["json", "srt", "vtt", "txt"]] = Field(default_factory=lambda: ["json", "srt", "vtt", "txt"], min_length=1)
 
 

