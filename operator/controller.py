@@ -23,7 +23,7 @@ from renderfarm.operator.kube import KubeApi, api_error_text
 from renderfarm.operator.leader import LeaderElector
 from renderfarm.operator.metrics import OperatorMetrics
 from renderfarm.operator.models import Condition, WorkerPool, WorkerPoolStatus
-from renderfarm.operator.pods import count_unschedulable, deletion_costs
+from renderfarm.operator.pods import PodInfo, count_unschedulable, deletion_costs, selector_matches
 from renderfarm.operator.policy import Decision, Observation, PolicyState
 from renderfarm.operator.queue_reader import QueueReader, RateTracker, Snapshot, busy_pods
 from renderfarm.operator.status import (
@@ -96,6 +96,40 @@ class PoolMemory:
 
 
 @dataclass
+class Outcome:
+    """What phase 1 of a pool's tick did, for phase 2 to report."""
+
+    pool: WorkerPool
+    memory: PoolMemory
+    observation: Observation
+    decision: Decision
+    current: int
+    pods: int
+    selector: str
+    in_flight_by_queue: dict[str, int] | None
+    patched: tuple[int, int] | None
+    now: float
+
+
+class TickPods:
+    """Pods per namespace, listed at most once per tick and shared by that namespace's pools."""
+
+    def __init__(self, kube: KubeApi):
+        self.kube = kube
+        self._lock = threading.Lock()
+        self._namespace_locks: dict[str, threading.Lock] = {}
+        self._pods: dict[str, list[PodInfo]] = {}
+
+    def matching(self, namespace: str, selector: str) -> list[PodInfo]:
+        with self._lock:
+            lock = self._namespace_locks.setdefault(namespace, threading.Lock())
+        with lock:
+            if namespace not in self._pods:
+                self._pods[namespace] = self.kube.list_pods(namespace, "")
+        return [pod for pod in self._pods[namespace] if selector_matches(selector, pod.labels)]
+
+
+@dataclass
 class TickReport:
     started_at: float
     leader: bool
@@ -134,8 +168,13 @@ class Controller:
             return memory
 
     # -- one pool, one tick ----------------------------------------------------------------
+    #
+    # Phase 1 (``reconcile``): read the scale, decide, set deletion costs, patch the scale.
+    # Phase 2 (``report``): metrics, status, Events. Every pool's phase 1 runs before any
+    # phase 2, so a burst on many pools reaches every Deployment as early as it can.
 
-    def reconcile(self, pool: WorkerPool, snapshot: Snapshot, rates: RateTracker) -> tuple[Decision | None, tuple[int, int] | None]:
+    def reconcile(self, pool: WorkerPool, snapshot: Snapshot, rates: RateTracker,
+                  pods: "TickPods") -> "Outcome | None":
         now = self.clock()
         namespace, name, spec = pool.namespace, pool.name, pool.spec
         memory = self._memory(pool)
@@ -144,10 +183,10 @@ class Controller:
         except Exception as exc:  # noqa: BLE001 - one pool's trouble must not stop the others
             self.metrics.api_errors.labels("get_scale").inc()
             log.warning("%s/%s: cannot read deployments/%s/scale: %s", namespace, name, spec.deployment, api_error_text(exc))
-            return None, None
+            return None
         if scale is None:
             self._deployment_missing(pool, memory, now)
-            return None, None
+            return None
         memory.deployment_missing = False
         current = scale.replicas
 
@@ -169,11 +208,14 @@ class Controller:
         )
         decision = policy.decide(observation, memory.state, spec, now, paused=pool.paused)
 
-        # Pods are listed only when they can change the answer.
-        pods = None
-        if not pool.paused and (decision.desired > current or memory.unschedulable > 0 or decision.desired < current):
+        # Pods are read only when they can change the answer: growing while pods exist
+        # (some may be Unschedulable), pods known Unschedulable, or a scale-in to prepare.
+        pod_list = None
+        needs_pods = decision.desired < current or memory.unschedulable > 0 or (
+            decision.desired > current and scale.status_replicas > 0)
+        if not pool.paused and needs_pods:
             try:
-                pods = self.kube.list_pods(namespace, scale.selector)
+                pod_list = pods.matching(namespace, scale.selector)
             except Exception as exc:  # noqa: BLE001
                 self.metrics.api_errors.labels("list_pods").inc()
                 log.warning("%s/%s: cannot list pods: %s", namespace, name, api_error_text(exc))
@@ -181,8 +223,8 @@ class Controller:
                     # Without the pods there is no safe choice of which to remove.
                     decision = replace(decision, desired=current, reason=policy.STABILIZING,
                                        message="pods unreadable: not scaling in")
-            if pods is not None:
-                unschedulable = count_unschedulable(pods)
+            if pod_list is not None:
+                unschedulable = count_unschedulable(pod_list)
                 if unschedulable != memory.unschedulable:
                     memory.unschedulable = unschedulable
                     observation = replace(observation, unschedulable=unschedulable)
@@ -192,17 +234,14 @@ class Controller:
         state = decision.state
         if not pool.paused and decision.desired != current:
             try:
-                if decision.desired < current and pods is not None:
-                    for pod, cost in deletion_costs(pods, busy).items():
+                if decision.desired < current and pod_list is not None:
+                    for pod, cost in deletion_costs(pod_list, busy).items():
                         self.kube.set_deletion_cost(namespace, pod, cost)
                 self.kube.patch_scale(namespace, spec.deployment, decision.desired)
                 patched = (current, decision.desired)
                 memory.last_scale = (now, decision.reason)
                 self.metrics.scale_changes.labels(namespace, name, decision.reason).inc()
                 log.info("%s/%s: %s: %s", namespace, name, decision.reason, decision.message)
-                self.kube.create_event(namespace=namespace, name=name, uid=pool.uid,
-                                       reason=EVENT_REASONS.get(decision.reason, decision.reason),
-                                       message=f"{spec.deployment}: {decision.message}")
             except Exception as exc:  # noqa: BLE001
                 self.metrics.api_errors.labels("patch_scale").inc()
                 log.warning("%s/%s: cannot scale deployments/%s to %d: %s", namespace, name, spec.deployment,
@@ -211,14 +250,23 @@ class Controller:
                                 last_scale_down=memory.state.last_scale_down)
                 decision = replace(decision, desired=current)
         memory.state = state
-        self.metrics.decisions.labels(namespace, name, decision.reason).inc()
-        self._record_metrics(pool, observation, decision, current, snapshot)
-        self._write_status(pool, memory, observation, decision, scale.status_replicas, scale.selector,
-                           in_flight_by_queue, now)
-        return decision, patched
+        return Outcome(pool=pool, memory=memory, observation=observation, decision=decision, current=current,
+                       pods=scale.status_replicas, selector=scale.selector, in_flight_by_queue=in_flight_by_queue,
+                       patched=patched, now=now)
 
-    def _record_metrics(self, pool: WorkerPool, observation: Observation, decision: Decision, current: int,
-                        snapshot: Snapshot) -> None:
+    def report(self, outcome: "Outcome") -> None:
+        pool, decision = outcome.pool, outcome.decision
+        self.metrics.decisions.labels(pool.namespace, pool.name, decision.reason).inc()
+        self._record_metrics(pool, outcome.observation, decision, outcome.current if outcome.patched is None
+                             else outcome.patched[1])
+        if outcome.patched is not None:
+            self.kube.create_event(namespace=pool.namespace, name=pool.name, uid=pool.uid,
+                                   reason=EVENT_REASONS.get(decision.reason, decision.reason),
+                                   message=f"{pool.spec.deployment}: {decision.message}")
+        self._write_status(pool, outcome.memory, outcome.observation, decision, outcome.pods, outcome.selector,
+                           outcome.in_flight_by_queue, outcome.now)
+
+    def _record_metrics(self, pool: WorkerPool, observation: Observation, decision: Decision, current: int) -> None:
         labels = (pool.namespace, pool.name)
         self.metrics.desired.labels(*labels).set(decision.desired)
         self.metrics.current.labels(*labels).set(current)
@@ -359,18 +407,25 @@ class ScalingLoop:
             log.info("Redis readable again")
         self._redis_ok = snapshot.ok
         self.rates.update(snapshot)
-        futures = {pool.key: self._executor.submit(self.controller.reconcile, pool, snapshot, self.rates)
-                   for pool in pools}
-        for key, future in futures.items():
+        pods = TickPods(self.controller.kube)
+        outcomes = []
+        for pool, future in [(pool, self._executor.submit(self.controller.reconcile, pool, snapshot, self.rates, pods))
+                             for pool in pools]:
             try:
-                decision, patched = future.result()
+                outcome = future.result()
             except Exception:  # noqa: BLE001
-                log.exception("%s/%s: reconcile failed", *key)
+                log.exception("%s/%s: reconcile failed", *pool.key)
                 continue
-            if decision is not None:
-                report.decisions[key] = decision
-            if patched is not None:
-                report.patched[key] = patched
+            if outcome is not None:
+                outcomes.append(outcome)
+                report.decisions[pool.key] = outcome.decision
+                if outcome.patched is not None:
+                    report.patched[pool.key] = outcome.patched
+        for outcome, future in [(o, self._executor.submit(self.controller.report, o)) for o in outcomes]:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001
+                log.exception("%s/%s: report failed", *outcome.pool.key)
         self._finish(report, started)
         return report
 

@@ -37,7 +37,7 @@ class OperatorSettings(BaseSettings):
     # conditions); when only rates moved, at most this often.
     operator_status_refresh_s: float = Field(default=10.0, ge=0)
     # Pools reconciled in parallel within one tick.
-    operator_workers: int = Field(default=4, ge=1, le=64)
+    operator_workers: int = Field(default=8, ge=1, le=64)
     log_level: str = "INFO"
 
     def identity(self) -> str:

@@ -539,3 +539,13 @@ def test_two_operator_replicas_never_lead_at_the_same_time():
     assert b.is_leader and not a.is_leader
     b.release()
     assert a.tick()  # a released Lease is taken at once
+
+
+@pytest.mark.parametrize(("selector", "matches"), [
+    ("app=worker", True), ("app=other", False), ("app==worker,tier!=web", True),
+    ("env in (a, b)", True), ("env notin (a)", False), ("gpu", True), ("!gpu", False), ("!legacy", True), ("", True),
+])
+def test_deployment_selectors_match_pods_like_the_api_server(selector, matches):
+    from renderfarm.operator.pods import selector_matches
+
+    assert selector_matches(selector, {"app": "worker", "env": "a", "gpu": ""}) is matches
