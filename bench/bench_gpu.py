@@ -12,8 +12,9 @@
   (and on the CPU too when CUDA is present), the package's one-window loop for
   comparison, and the job with keyframes on.
 
-Job and direct runs alternate, and the medians are compared, so a machine that
-gets busier during the bench slows both sides alike.
+Job and direct runs alternate in pairs; ``ratio`` is the median of the per-pair
+ratios (a machine that gets busier during the bench slows both sides of a pair
+alike), ``ratio_of_medians`` is given too.
 
 ``run(report)`` fills ``report["transcribe"]`` and ``report["vision"]`` for a dict,
 or reports through bench/run.py's Report (section ``gpu``); standalone,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,17 +62,52 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _alternate(job: Callable[[], Any], direct: Callable[[], Any], runs: int) -> tuple[list[float], list[float]]:
+def _ratios(job: "Timings", direct: "Timings") -> dict[str, Any]:
+    job_median, direct_median = _median(job.wall_s), _median(direct.wall_s)
+    return {
+        "job_s": [round(t, 4) for t in job.wall_s],
+        "direct_s": [round(t, 4) for t in direct.wall_s],
+        "job_median_s": round(job_median, 4),
+        "direct_median_s": round(direct_median, 4),
+        "ratio": round(_median([j / d for j, d in zip(job.wall_s, direct.wall_s)]), 4),
+        "ratio_of_medians": round(job_median / direct_median, 4),
+        "target_ratio": TARGET_RATIO,
+        "overhead_ms": round((job_median - direct_median) * 1000, 1),
+        # CPU seconds (this process and the ffmpeg/ffprobe it ran): far less swayed
+        # than wall time by other work on a shared machine.
+        "job_cpu_median_s": round(_median(job.cpu_s), 4),
+        "direct_cpu_median_s": round(_median(direct.cpu_s), 4),
+        "cpu_ratio": round(_median([j / d for j, d in zip(job.cpu_s, direct.cpu_s)]), 4),
+    }
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.wall_s: list[float] = []
+        self.cpu_s: list[float] = []
+
+    def measure(self, fn: Callable[[], Any]) -> None:
+        cpu_before = _cpu_s()
+        started = time.perf_counter()
+        fn()
+        self.wall_s.append(time.perf_counter() - started)
+        self.cpu_s.append(_cpu_s() - cpu_before)
+
+
+def _cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _alternate(job: Callable[[], Any], direct: Callable[[], Any], runs: int) -> tuple[Timings, Timings]:
     """Time ``job`` and ``direct`` alternately, ``runs`` times each, after one untimed pair."""
     job()
     direct()
-    job_s, direct_s = [], []
+    job_t, direct_t = Timings(), Timings()
     for _ in range(runs):
-        for fn, times in ((job, job_s), (direct, direct_s)):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-    return job_s, direct_s
+        job_t.measure(job)
+        direct_t.measure(direct)
+    return job_t, direct_t
 
 
 def _context(kind: str, params: Any, settings: Any, input_path: Path, root: Path):
@@ -110,9 +147,9 @@ def bench_transcribe(workdir: Path, runs: int) -> dict[str, Any]:
                                               word_timestamps=params.word_timestamps, vad_filter=params.vad_filter)
         list(segments)
 
-    job_s, direct_s = _alternate(job, direct, runs)
+    job_t, direct_t = _alternate(job, direct, runs)
     audio_s = _duration(speech)
-    job_median, direct_median = _median(job_s), _median(direct_s)
+    job_median, direct_median = _median(job_t.wall_s), _median(direct_t.wall_s)
     return {
         "device": handle.device,
         "compute_type": handle.compute_type,
@@ -120,13 +157,7 @@ def bench_transcribe(workdir: Path, runs: int) -> dict[str, Any]:
         "model_load_s": round(load_s, 3),
         "audio_s": round(audio_s, 3),
         "runs": runs,
-        "job_s": [round(t, 4) for t in job_s],
-        "direct_s": [round(t, 4) for t in direct_s],
-        "job_median_s": round(job_median, 4),
-        "direct_median_s": round(direct_median, 4),
-        "ratio": round(job_median / direct_median, 4),
-        "target_ratio": TARGET_RATIO,
-        "overhead_ms": round((job_median - direct_median) * 1000, 1),
+        **_ratios(job_t, direct_t),
         "realtime_factor_job": round(job_median / audio_s, 4),
         "realtime_factor_direct": round(direct_median / audio_s, 4),
     }
@@ -198,7 +229,7 @@ def bench_vision_on(device: str, workdir: Path, runs: int, clip: Path, frames: i
     def direct() -> None:
         direct_transnet(handle.model, clip, params.batch_windows, params.threshold)
 
-    job_s, direct_s = _alternate(job, direct, runs)
+    job_t, direct_t = _alternate(job, direct, runs)
 
     def synchronised(fn: Callable[[], Any]) -> float:
         started = time.perf_counter()
@@ -216,20 +247,14 @@ def bench_vision_on(device: str, workdir: Path, runs: int, clip: Path, frames: i
     loop_s = synchronised(lambda: handle.model.predict_frames(tensor, quiet=True))
     with_keyframes_s = synchronised(lambda: vision.vision(_context(
         "vision", VisionParams(keyframes=True), settings, clip, workdir / f"job-keyframes-{device}")))
-    job_median, direct_median = _median(job_s), _median(direct_s)
+    job_median, direct_median = _median(job_t.wall_s), _median(direct_t.wall_s)
     return {
         "device": handle.device,
         "model_load_s": round(load_s, 3),
         "frames": frames,
         "batch_windows": params.batch_windows,
         "runs": runs,
-        "job_s": [round(t, 4) for t in job_s],
-        "direct_s": [round(t, 4) for t in direct_s],
-        "job_median_s": round(job_median, 4),
-        "direct_median_s": round(direct_median, 4),
-        "ratio": round(job_median / direct_median, 4),
-        "target_ratio": TARGET_RATIO,
-        "overhead_ms": round((job_median - direct_median) * 1000, 1),
+        **_ratios(job_t, direct_t),
         "frames_per_s_job": round(frames / job_median, 1),
         "frames_per_s_direct": round(frames / direct_median, 1),
         "frames_per_s_package_loop": round(frames / loop_s, 1),
@@ -259,10 +284,9 @@ def bench_vision(workdir: Path, runs: int, quick: bool) -> dict[str, Any]:
 
 
 def measure(workdir: Path, quick: bool = False) -> dict[str, Any]:
-    runs = 2 if quick else 3
     return {
-        "transcribe": bench_transcribe(workdir, runs + 2),  # cheap: a few more runs steady the median
-        "vision": bench_vision(workdir, runs, quick),
+        "transcribe": bench_transcribe(workdir, 3 if quick else 5),
+        "vision": bench_vision(workdir, 2 if quick else 4, quick),
     }
 
 
@@ -282,12 +306,14 @@ def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
     t, v = results["transcribe"], results["vision"]
     report.check("gpu", "transcribe job / direct faster-whisper", t["ratio"], limit=TARGET_RATIO, unit="x",
                  ratio=f"{t['job_median_s']:.3f} s vs {t['direct_median_s']:.3f} s",
-                 note=f"{t['device']}/{t['compute_type']}, {t['audio_s']:.0f} s of speech, median of {t['runs']}")
+                 note=f"{t['device']}/{t['compute_type']}, {t['audio_s']:.0f} s of speech, "
+                      f"median of {t['runs']} pair ratios; CPU-time ratio {t['cpu_ratio']:.3f}")
     report.row("gpu", "transcribe real-time factor", measured=f"{t['realtime_factor_job']:.3f}",
                note=f"job; direct {t['realtime_factor_direct']:.3f} ({t['device']})")
     report.check("gpu", "vision job / direct TransNetV2", v["ratio"], limit=TARGET_RATIO, unit="x",
                  ratio=f"{v['job_median_s']:.3f} s vs {v['direct_median_s']:.3f} s",
-                 note=f"{v['device']}, {v['frames']} frames, {v['batch_windows']} windows per pass")
+                 note=f"{v['device']}, {v['frames']} frames, {v['batch_windows']} windows per pass, "
+                      f"median of {v['runs']} pair ratios; CPU-time ratio {v['cpu_ratio']:.3f}")
     for device, numbers in v["by_device"].items():
         report.row("gpu", f"vision frames/s ({device})", measured=f"{numbers['frames_per_s_job']:.0f}/s",
                    note=f"package one-window loop {numbers['frames_per_s_package_loop']:.0f}/s")
