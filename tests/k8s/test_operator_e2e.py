@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
