@@ -42,6 +42,9 @@ def make_celery(settings=None) -> Celery:
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in all_queues()],
         task_default_queue="cpu.normal",
         worker_hijack_root_logger=False,
+        # A pool child may take a while to come up (torch import, model load):
+        # Celery's default of 4 s would kill it before its first job.
+        worker_proc_alive_timeout=120,
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_enable_remote_control=True,

@@ -20,4 +20,4 @@ def _warm_up(**_kwargs) -> None:
     warm_up = getattr(module, "warm_up", None)
     if warm_up is not None:
         warm_up(get_settings())
-        log.info("pool %s warmed up in process %s", pool, os.getpid())
+        log.info("pool %s: warm-up started in process %s", pool, os.getpid())
