@@ -891,6 +891,7 @@ class Bench:
             self.stop(bare)
             self.stop(rf)
         measured["ratio"] = round(measured["renderfarm"]["steady_rps"] / measured["bare"]["steady_rps"], 4)
+        measured["note"] = "redis CPU per job is the shared server's, divided by each side's jobs"
         return measured
 
     def bench_throughput(self) -> None:
@@ -1246,7 +1247,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             except Exception as exc:
                 report.error(section, exc)
-            print(f"[bench] {section} done in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+            took = round(time.perf_counter() - t, 1)
+            report.data.setdefault("section_s", {})[section] = took
+            print(f"[bench] {section} done in {took} s", file=sys.stderr, flush=True)
     except KeyboardInterrupt as exc:
         interrupted = True
         report.row("bench", "-", verdict="ERROR", note=f"interrupted ({exc})")
@@ -1257,7 +1260,8 @@ def main(argv: list[str] | None = None) -> int:
     report.data["workdir"] = str(workdir) if config.keep else None
     path = write_results(report, args.results_dir)
     print_table(report)
-    print(f"results: {path} (and {args.results_dir / 'latest.json'}); took {report.data['elapsed_s']} s")
+    print(f"results: {path} (and {args.results_dir / 'latest.json'}); took {report.data['elapsed_s']} s ("
+          + ", ".join(f"{k} {v} s" for k, v in report.data.get("section_s", {}).items()) + ")")
     if not config.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
