@@ -6,7 +6,7 @@ import time
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis_async
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from renderfarm import __version__
@@ -19,6 +19,34 @@ from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import JobStore
 
 
+class LatencyMiddleware:
+    """Request latency by route template, as a plain ASGI middleware (the
+    decorator-style middleware adds a task group and a stream to every request)."""
+
+    def __init__(self, app, histogram):
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.histogram.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = redis_client(settings)
@@ -29,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         app.state.async_redis = redis_async.Redis.from_url(settings.redis_url, password=password, decode_responses=True,
                                                            socket_connect_timeout=settings.redis_socket_timeout_s)
+        app.state.keyring.start()
         yield
+        app.state.keyring.stop()
         await app.state.async_redis.aclose()
         client.close()
 
@@ -48,16 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(farm.router)
 
-    request_latency = app.state.metrics.requests
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        request_latency.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(LatencyMiddleware, histogram=app.state.metrics.requests)
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     def healthz() -> dict:

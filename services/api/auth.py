@@ -6,10 +6,12 @@ digest maps to a tenant name; idempotency keys are scoped per tenant.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
-import time
+import threading
 
 import redis
 from fastapi import Request
@@ -18,7 +20,8 @@ from renderfarm.api.errors import ApiError
 from renderfarm.core.settings import Settings
 
 API_KEYS = "rf:apikeys"  # hash: sha256 hex -> tenant
-_CACHE_TTL_S = 2.0
+_REFRESH_S = 2.0
+log = logging.getLogger("renderfarm.api")
 
 
 def hash_key(key: str) -> str:
@@ -37,23 +40,46 @@ def create_api_key(client: redis.Redis, tenant: str = "default") -> str:
 
 
 class KeyRing:
+    """Known key digests. Keys stored in Redis are refreshed by a background thread,
+    so checking a key never waits on Redis (and a Redis outage keeps the last set)."""
+
     def __init__(self, settings: Settings, client: redis.Redis):
         self.static: dict[str, str] = {hash_key(k.get_secret_value()): "default" for k in settings.api_keys}
         self.static.update({h.lower(): "default" for h in settings.api_key_hashes})
         self.client = client
         self._stored: dict[str, str] = {}
-        self._loaded_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _stored_keys(self) -> dict[str, str]:
-        now = time.monotonic()
-        if now - self._loaded_at > _CACHE_TTL_S:
+    def refresh(self) -> None:
+        try:
             self._stored = self.client.hgetall(API_KEYS)
-            self._loaded_at = now
-        return self._stored
+        except redis.exceptions.RedisError as exc:
+            log.debug("cannot refresh API keys: %s", exc)
+
+    def start(self) -> None:
+        self.refresh()
+
+        def loop() -> None:
+            while not self._stop.wait(_REFRESH_S):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="api-key-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def lookup_stored(self, presented: str) -> str | None:
+        digest = hash_key(presented)
+        tenant = self.client.hget(API_KEYS, digest)
+        if tenant is not None:
+            self._stored = self._stored | {digest: tenant}
+        return tenant
 
     def tenant_for(self, presented: str) -> str | None:
         digest = hash_key(presented)
-        for table in (self.static, self._stored_keys()):
+        for table in (self.static, self._stored):
             for known, tenant in table.items():
                 if hmac.compare_digest(known, digest):
                     return tenant
@@ -67,12 +93,16 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def require_tenant(request: Request) -> str:
+async def require_tenant(request: Request) -> str:
     key = presented_key(request)
     if not key:
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key> or X-API-Key)",
                        headers={"WWW-Authenticate": "Bearer"})
-    tenant = request.app.state.keyring.tenant_for(key)
+    keyring: KeyRing = request.app.state.keyring
+    tenant = keyring.tenant_for(key)
+    if tenant is None:
+        # A key created a moment ago works at once: one HGET for a key not seen yet.
+        tenant = await asyncio.to_thread(keyring.lookup_stored, key)
     if tenant is None:
         raise ApiError(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
     return tenant

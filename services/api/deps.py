@@ -1,4 +1,8 @@
-"""Shared request dependencies."""
+"""Shared request dependencies.
+
+They are ``async`` on purpose: a plain ``def`` dependency costs a thread hop per
+request, and these only read app state.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from renderfarm.core.settings import Settings
 from renderfarm.core.store import JobStore
 
 
-def store(request: Request) -> JobStore:
+async def store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @property
+    @cached_property
     def input_roots(self) -> list[Path]:
         roots = self.allowed_input_roots or [self.data_dir / "inputs"]
         return [Path(root).resolve() for root in roots]
