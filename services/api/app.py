@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         app.state.async_redis = redis_async.Redis.from_url(settings.redis_url, password=password, decode_responses=True,
-                                                           socket_connect_timeout=settings.redis_socket_timeout_s)
+                                                           socket_connect_timeout=settings.redis_socket_timeout_s,
+                                                           socket_timeout=settings.redis_socket_timeout_s)
         app.state.keyring.start()
         yield
         app.state.keyring.stop()

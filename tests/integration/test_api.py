@@ -201,6 +201,9 @@ def test_redis_down_is_503_within_one_second(data_dir, clip):
         assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
         assert elapsed < 1.0
         assert down.get("/readyz").status_code == 503
+        started = time.monotonic()
+        assert down.get("/v1/jobs/some-id", headers=AUTH).status_code == 503
+        assert time.monotonic() - started < 1.0
         assert down.get("/healthz").status_code == 200
 
 

@@ -102,8 +102,11 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, summary="One job")
-def get_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
-    return _get(store_, job_id)
+async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> Job:
+    try:
+        return await JobStore.get_async(request.app.state.async_redis, job_id)
+    except JobNotFound:
+        raise ApiError(404, "not_found", f"job {job_id} not found") from None
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job")
