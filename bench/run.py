@@ -113,7 +113,7 @@ class Config:
             probe_n=60 if quick else 600,
             rounds=1 if quick else 3,
             together_runs=1 if quick else 2,
-            transcode_reps=1 if quick else 3,
+            transcode_reps=1 if quick else 5,
             transcode_clip_s=3.0 if quick else 60.0,
             window_s=3.0 if quick else 8.0,
             skip_s=0.5 if quick else 1.0,
