@@ -268,7 +268,7 @@ def bench_vision(workdir: Path, runs: int, quick: bool) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     results: dict[str, Any] = {}
     # A few windows on the CPU (~15-40 frames/s on two cores); a couple of minutes of video on a GPU.
-    cpu_frames = 100 if quick else 150
+    cpu_frames = 100 if quick else 300
     cpu_clip = make_cut_clip(workdir / "cuts-cpu.mp4", cpu_frames // 3, 3)
     if cuda:
         shots = 30 if quick else 120
