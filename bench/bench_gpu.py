@@ -41,22 +41,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.speech import synthesise  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages only
 
 TARGET_RATIO = 1.10
-
-# About 50 s of speech (espeak-ng, 150 words per minute).
-SPEECH = (
-    "The old lighthouse stood at the edge of the cliff for more than a century. Every evening the keeper "
-    "climbed the narrow stairs to light the lamp, and every morning he wrote a short note in his book about "
-    "the weather and the ships that passed. Most days were quiet. The wind moved across the water, the birds "
-    "circled above the rocks, and the fishing boats returned to the harbour before dark. In the winter the "
-    "storms were long and cold, and the keeper listened to the waves breaking against the stones below. He "
-    "never complained about the work. He said that a light in the dark was a simple promise, and that keeping "
-    "a promise was the most important thing a person could do. When he finally retired, the village gave him "
-    "a small garden near the school, where he grew tomatoes and told stories to the children."
-)
-
 
 def _median(values: list[float]) -> float:
     return statistics.median(values)
@@ -131,7 +120,7 @@ def bench_transcribe(workdir: Path, runs: int) -> dict[str, Any]:
     from renderfarm.worker.workloads import transcribe
 
     speech = workdir / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(speech), SPEECH], check=True)
+    synthesise(speech)
     settings = Settings(data_dir=workdir / "data")
     started = time.perf_counter()
     transcribe.warm_up(settings)

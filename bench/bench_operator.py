@@ -42,7 +42,9 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
+from renderfarm.core.metrics_store import OUTCOMES  # noqa: E402
 from renderfarm.core.queues import redis_list_keys  # noqa: E402
+from renderfarm.core.store import inflight_key  # noqa: E402
 from renderfarm.operator.controller import Controller, PoolRegistry, ScalingLoop  # noqa: E402
 from renderfarm.operator.kube import ScaleInfo  # noqa: E402
 from renderfarm.operator.metrics import OperatorMetrics  # noqa: E402
@@ -91,8 +93,8 @@ def fill(client: redis.Redis, queues: list[str]) -> None:
             n = rng.randint(0, 5)
             if n:
                 pipe.lpush(key, *[f"m{i}" for i in range(n)])
-        pipe.hset(f"rf:inflight:{queue}", mapping={f"job-{queue}-{i}": f"cpu@pod-{queue}-{i}" for i in range(2)})
-    pipe.hset("rf:metrics:outcomes", mapping={f"probe|{q}|succeeded": 10 for q in queues})
+        pipe.hset(inflight_key(queue), mapping={f"job-{queue}-{i}": f"cpu@pod-{queue}-{i}" for i in range(2)})
+    pipe.hset(OUTCOMES, mapping={f"probe|{q}|succeeded": 10 for q in queues})
     pipe.execute()
 
 
@@ -282,11 +284,11 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
         rng = random.Random(11)
         reactions = []
         for _ in range(trials):
-            wait_for(lambda: replicas("worker-cpu") == 0, 30, 0.05, what="back to zero")
+            wait_for(lambda: replicas("worker-cpu") == 0, 30, interval=0.05, what="back to zero")
             time.sleep(rng.uniform(0, 2.0))  # land anywhere in the operator's 2 s tick
             pushed = time.monotonic()
             rc.lpush("cpu.high", "a", "b", "c")
-            wait_for(lambda: replicas("worker-cpu") == 3, 30, 0.01, what="scale-up")
+            wait_for(lambda: replicas("worker-cpu") == 3, 30, interval=0.01, what="scale-up")
             reactions.append(time.monotonic() - pushed)
             rc.delete("cpu.high")
 
@@ -305,9 +307,9 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
         pushed = time.monotonic()
         for workload in ("cpu", "gpu-transcribe", "gpu-vision"):
             rc.lpush(f"{workload}.normal", "a", "b")
-        wait_for(lambda: all(replicas(f"w-{name}") == 2 for name in names), 60, 0.1, what="50 Deployments")
+        wait_for(lambda: all(replicas(f"w-{name}") == 2 for name in names), 60, interval=0.1, what="50 Deployments")
         burst_s = time.monotonic() - pushed
-        wait_for(lambda: _poll_seconds(port)[1] >= count1 + 2, 60, 0.1, what="the burst's ticks to finish")
+        wait_for(lambda: _poll_seconds(port)[1] >= count1 + 2, 60, interval=0.1, what="the burst's ticks to finish")
         sum2, count2 = _poll_seconds(port)
         api.close()
         return {

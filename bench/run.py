@@ -53,6 +53,7 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
+from renderfarm.core.metrics_store import OUTCOMES  # noqa: E402
 from tests.support.media import make_clip  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     PYTHON,
@@ -704,7 +705,7 @@ class Bench:
                 except (ValueError, KeyError):
                     pass
         self.submitted_ids = ids
-        outcomes = self.redis.hgetall("rf:metrics:outcomes")
+        outcomes = self.redis.hgetall(OUTCOMES)
         summary["worker"] = {"concurrency": self.config.concurrency,
                              "probe_jobs_finished_during_phase": sum(int(v) for k, v in outcomes.items() if k.startswith("probe|")),
                              "queue_depth_after": self.redis.llen("cpu.normal")}
@@ -867,7 +868,7 @@ class Bench:
         field_ok, field_failed = "probe|cpu.normal|succeeded", "probe|cpu.normal|failed"
 
         def done() -> int:
-            ok, failed = self.redis.hmget("rf:metrics:outcomes", field_ok, field_failed)
+            ok, failed = self.redis.hmget(OUTCOMES, field_ok, field_failed)
             if failed:
                 raise RuntimeError(f"{failed} probe jobs failed; worker log:\n{worker.log()[-2000:]}")
             return int(ok or 0)

@@ -21,7 +21,7 @@ from renderfarm.core.maintenance import aged_priority, orphaned_jobs
 from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, parse_queue_name, queue_name
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
-from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key
+from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key, job_key
 from renderfarm.core.submit import job_message
 from renderfarm.worker.webhooks import deliver_due
 
@@ -67,7 +67,7 @@ def age_waiting_jobs(store: JobStore, settings: Settings, max_moves: int = 1000)
                 try:
                     headers = json.loads(raw)["headers"]
                     job_id, enqueued = headers["id"], float(headers.get("rf_enqueued_at") or now)
-                    original = store.redis.hget(f"rf:job:{job_id}", "priority") or priority.value
+                    original = store.redis.hget(job_key(job_id), "priority") or priority.value
                 except (ValueError, KeyError, TypeError):
                     break
                 target = aged_priority(original, parse_queue_name(source)[1], now - enqueued, settings.aging_seconds)

@@ -22,7 +22,7 @@ from renderfarm.core.kinds import get_kind
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.retry import retry_delay, should_retry
 from renderfarm.core.settings import get_settings
-from renderfarm.core.store import JobStore, TransitionConflict
+from renderfarm.core.store import JobStore, TransitionConflict, job_key
 from renderfarm.core.submit import job_message
 from renderfarm.worker import identity
 from renderfarm.worker.context import JobContext
@@ -142,7 +142,7 @@ def _finish(store: JobStore, job, status: JobStatus, started: float, *, fields: 
 
 def _finish_cancelled(store: JobStore, job, started: float) -> None:
     shutil.rmtree(get_settings().outputs_dir / job.id, ignore_errors=True)
-    store.redis.hset(f"rf:job:{job.id}", mapping={"stage": "cancelled"})
+    store.redis.hset(job_key(job.id), mapping={"stage": "cancelled"})
     _record(store, job, JobStatus.cancelled, time.monotonic() - started)
     store.publish_status(store.get(job.id))
 

@@ -23,21 +23,11 @@ from renderfarm.worker.context import JobContext
 from renderfarm.worker.errors import InvalidMedia, OutOfMemory
 from renderfarm.worker.workloads import transcribe
 from tests.support.media import make_clip
+from tests.support.speech import PARAGRAPH, synthesise
 from tests.support.wer import word_error_rate
 
 pytestmark = pytest.mark.gpu_models
 
-# About 50 s when spoken by espeak-ng at 150 words per minute.
-PARAGRAPH = (
-    "The old lighthouse stood at the edge of the cliff for more than a century. Every evening the keeper "
-    "climbed the narrow stairs to light the lamp, and every morning he wrote a short note in his book about "
-    "the weather and the ships that passed. Most days were quiet. The wind moved across the water, the birds "
-    "circled above the rocks, and the fishing boats returned to the harbour before dark. In the winter the "
-    "storms were long and cold, and the keeper listened to the waves breaking against the stones below. He "
-    "never complained about the work. He said that a light in the dark was a simple promise, and that keeping "
-    "a promise was the most important thing a person could do. When he finally retired, the village gave him "
-    "a small garden near the school, where he grew tomatoes and told stories to the children."
-)
 MAX_WER = 0.10
 
 SRT_TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$")
@@ -59,9 +49,7 @@ def media(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def speech_wav(media) -> Path:
-    path = media / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(path), PARAGRAPH], check=True)
-    return path
+    return synthesise(media / "speech.wav")
 
 
 @pytest.fixture(scope="module")

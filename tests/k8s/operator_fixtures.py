@@ -23,23 +23,13 @@ import redis
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from tests.support.procs import wait_for as poll  # noqa: F401  (re-exported to the e2e tests)
 from tests.support.procs import PYTHON, RedisServer, ServiceProcess, free_port, rf_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_DIR = REPO_ROOT / "operator"
 SERVICE_ACCOUNT = "renderfarm-operator"
 GPU_NODES = ("rf-gpu-0", "rf-gpu-1")
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 
 # localkube is importable: tests/k8s/conftest.py puts k8s/dev on sys.path
 from localkube import LocalCluster, _pid_alive, versions
+from tests.support.procs import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DEV = REPO_ROOT / "k8s" / "dev"
@@ -21,18 +22,6 @@ CHARTS = Path(__file__).resolve().parent / "charts"
 
 CPU_NODES = {"rf-cpu-0"}
 GPU_NODES = {"rf-gpu-0", "rf-gpu-1"}
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll check() until it returns something truthy; fail with the last value after timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def is_ready(node: dict[str, Any]) -> bool:

@@ -29,18 +29,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+def wait_for(check, timeout: float, what: str = "condition", interval: float = 0.05):
+    """Poll ``check()`` until it returns something truthy and return that. Errors it
+    raises meanwhile are retried (a resource may not exist yet); on timeout the last
+    value or error is in the message."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # keep polling; report the last error on timeout
-            last_error = exc
+            last = check()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:

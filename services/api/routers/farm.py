@@ -12,7 +12,7 @@ from renderfarm.api.schemas import KindOut, StatsOut, StatusOut, WorkerOut
 from renderfarm.core.kinds import KINDS
 from renderfarm.core.metrics_store import OUTCOMES, duration_key
 from renderfarm.core.queues import WorkloadClass, all_queues
-from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore
+from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore, inflight_key
 
 router = APIRouter(prefix="/v1", tags=["farm"])
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["farm"])
 def list_workers(tenant: str = Tenant, store_: JobStore = Depends(store)) -> list[WorkerOut]:
     pipe = store_.redis.pipeline(transaction=False)
     for queue in all_queues():
-        pipe.hgetall(f"rf:inflight:{queue}")
+        pipe.hgetall(inflight_key(queue))
     running: dict[str, list[str]] = {}
     for inflight in pipe.execute():
         for job_id, worker in inflight.items():
