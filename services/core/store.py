@@ -249,15 +249,24 @@ return moved
 """
 
 
-# Move a queue's oldest message to another queue if it is still the oldest
-# (compare-and-move), and record the job's new queue.
-# KEYS: source, destination  ARGV: expected message, job id
+# Move a run of a queue's oldest messages to another queue if they are still the
+# oldest (compare-and-move), keeping their order: the oldest ends up where the
+# consumer pops next. Records each job's new queue.
+# KEYS: source, destination  ARGV: n, n messages oldest first, n job ids in the same order
 _MOVE_TAIL = """
-if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
-redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT')
-local key = 'rf:job:' .. ARGV[2]
-if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'queue', KEYS[2]) end
-return 1
+local n = tonumber(ARGV[1])
+local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+if #tail ~= n then return 0 end
+for i = 1, n do
+  if tail[n - i + 1] ~= ARGV[1 + i] then return 0 end
+end
+for i = n, 1, -1 do redis.call('RPUSH', KEYS[2], ARGV[1 + i]) end
+redis.call('LTRIM', KEYS[1], 0, -n - 1)
+for i = 1, n do
+  local key = 'rf:job:' .. ARGV[1 + n + i]
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'queue', KEYS[2]) end
+end
+return n
 """
 
 
@@ -501,6 +510,14 @@ class JobStore:
                                     oldest_age_s=oldest))
         return stats
 
+    def in_paused_queue(self, job_id: str) -> bool:
+        """Whether the queue a job waits in now (aging may have moved it) is paused; one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(job_key(job_id), "queue")
+        pipe.smembers(PAUSED)
+        queue, paused = pipe.execute()
+        return queue in paused
+
     def paused_queues(self) -> set[str]:
         return set(self.redis.smembers(PAUSED))
 
@@ -552,8 +569,9 @@ class JobStore:
     def oldest_message(self, queue: str) -> str | None:
         return self.redis.lindex(queue, -1)
 
-    def move_oldest(self, source: str, destination: str, expected: str, job_id: str) -> bool:
-        return bool(self._move_tail(keys=[source, destination], args=[expected, job_id]))
+    def move_oldest(self, source: str, destination: str, messages: list[str], job_ids: list[str]) -> int:
+        """Move ``messages`` (the queue's oldest, oldest first) if unchanged; returns how many moved."""
+        return int(self._move_tail(keys=[source, destination], args=[len(messages), *messages, *job_ids]))
 
     def live_workers(self) -> set[str]:
         return {info["name"] for info in self.workers()}

@@ -18,7 +18,7 @@ import time
 from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
 from renderfarm.core.maintenance import aged_priority, orphaned_jobs
-from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, parse_queue_name, queue_name
+from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, queue_name
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key, job_key
@@ -54,28 +54,42 @@ def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
     return recovered
 
 
-def age_waiting_jobs(store: JobStore, settings: Settings, max_moves: int = 1000) -> int:
+def age_waiting_jobs(store: JobStore, settings: Settings, batch: int = 100, max_moves: int = 1000) -> int:
+    """Move waiting jobs up a priority for each ``RF_AGING_SECONDS`` they waited.
+
+    Works from each queue's oldest end in runs that share a target queue, so aged
+    jobs keep their order (oldest first) in the queue they move to."""
     moved = 0
     now = time.time()
+    paused = store.paused_queues()
     for workload in WorkloadClass:
         for priority in PRIORITY_ORDER[1:]:
             source = queue_name(workload, priority)
+            if source in paused:
+                continue  # a pause holds its jobs; aging must not carry them around it
             while moved < max_moves:
-                raw = store.oldest_message(source)
-                if not raw:
-                    break
-                try:
-                    headers = json.loads(raw)["headers"]
-                    job_id, enqueued = headers["id"], float(headers.get("rf_enqueued_at") or now)
+                tail = store.redis.lrange(source, -batch, -1)  # newest .. oldest
+                run: list[tuple[str, str]] = []
+                target = None
+                for raw in reversed(tail):
+                    try:
+                        headers = json.loads(raw)["headers"]
+                        job_id, enqueued = headers["id"], float(headers.get("rf_enqueued_at") or now)
+                    except (ValueError, KeyError, TypeError):
+                        break
                     original = store.redis.hget(job_key(job_id), "priority") or priority.value
-                except (ValueError, KeyError, TypeError):
+                    aged = aged_priority(original, priority, now - enqueued, settings.aging_seconds)
+                    if aged is None or (target is not None and aged != target):
+                        break
+                    target = aged
+                    run.append((raw, job_id))
+                if not run or target is None:
                     break
-                target = aged_priority(original, parse_queue_name(source)[1], now - enqueued, settings.aging_seconds)
-                if target is None:
-                    break
-                if not store.move_oldest(source, queue_name(workload, target), raw, job_id):
-                    break
-                moved += 1
+                count = store.move_oldest(source, queue_name(workload, target), [raw for raw, _ in run],
+                                          [job_id for _, job_id in run])
+                if not count:
+                    break  # the queue changed under us; the next pass tries again
+                moved += count
     return moved
 
 

@@ -42,8 +42,7 @@ def job_store() -> JobStore:
 def run_job(task, job_id: str) -> None:
     settings = get_settings()
     store = job_store()
-    queue = (task.request.delivery_info or {}).get("routing_key") or ""
-    if queue and queue in store.paused_queues():
+    if store.in_paused_queue(job_id):
         # Back to the head of its queue; this worker stops consuming it shortly
         # (see bootsteps.PauseSync), so nothing spins.
         raise Reject("queue paused", requeue=True)

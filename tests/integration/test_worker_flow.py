@@ -309,3 +309,49 @@ def test_progress_events_are_published_and_kept(store, rf_settings_env, workers,
     running = [e["progress"] for e in events if e["status"] == "running"]
     assert len(running) >= 2 and running == sorted(running)
     assert store.get(job.id).progress == 100
+
+
+def test_waiting_low_priority_jobs_age_up_and_stay_cancellable(store, clip):
+    from renderfarm.worker.beat import age_waiting_jobs
+
+    settings = Settings(aging_seconds=1)
+    aged = submit(store, "probe", clip, priority=Priority.low)
+    fresh_wait = [submit(store, "probe", clip, priority=Priority.low)]
+    assert age_waiting_jobs(store, settings) == 0  # nothing has waited a full period yet
+    time.sleep(1.1)
+    fresh_wait.append(submit(store, "probe", clip, priority=Priority.low))
+    moved = age_waiting_jobs(store, settings)
+    assert moved == 2  # the two older jobs, oldest first; the new one waits its turn
+    assert store.get(aged.id).queue == "cpu.normal" and store.get(fresh_wait[1].id).queue == "cpu.low"
+    assert store.redis.llen("cpu.normal") == 2 and store.redis.llen("cpu.low") == 1
+    # The moved message sits where it is consumed next (kombu pops from the right).
+    assert json.loads(store.redis.lindex("cpu.normal", -1))["headers"]["id"] == aged.id
+    time.sleep(1.0)
+    age_waiting_jobs(store, settings)
+    assert store.get(aged.id).queue == "cpu.high"  # one priority per period waited
+    high = [json.loads(m)["headers"]["id"] for m in store.redis.lrange("cpu.high", 0, -1)]
+    assert high == [fresh_wait[0].id, aged.id]  # still oldest first
+    # A moved job is still cancelled exactly: its message leaves the queue it is in now.
+    store.transition(aged.id, JobStatus.cancelled)
+    assert [json.loads(m)["headers"]["id"] for m in store.redis.lrange("cpu.high", 0, -1)] == [fresh_wait[0].id]
+    # A paused queue keeps its jobs however long they wait.
+    store.set_paused("cpu.low", True)
+    held = submit(store, "probe", clip, priority=Priority.low)
+    time.sleep(1.1)
+    age_waiting_jobs(store, settings)
+    assert store.get(held.id).queue == "cpu.low" and store.redis.llen("cpu.low") == 1
+
+
+def test_an_aged_job_runs_from_the_queue_it_moved_to(store, rf_settings_env, workers, clip):
+    from renderfarm.worker.beat import age_waiting_jobs
+
+    store.set_paused("cpu.normal", True)
+    job = submit(store, "probe", clip, priority=Priority.low)
+    time.sleep(1.1)
+    assert age_waiting_jobs(store, Settings(aging_seconds=1)) == 1 and store.get(job.id).queue == "cpu.normal"
+    workers.append(start_worker(rf_settings_env))
+    time.sleep(2)
+    assert store.get(job.id).status == JobStatus.queued  # its new queue is paused, so it waits
+    store.set_paused("cpu.normal", False)
+    done = wait_status(store, job.id, TERMINAL)
+    assert done.status == JobStatus.succeeded and done.attempts == 1
