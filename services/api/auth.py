@@ -1,42 +1,27 @@
-"""API keys: only SHA-256 digests are kept, from settings and from Redis (``rf:apikeys``).
+"""Who is calling: the API key, its tenant and its scopes.
 
-A key is sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Each
-digest maps to a tenant name; idempotency keys are scoped per tenant.
+A key is sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. The key
+table and its format belong to ``renderfarm.core.apikeys``; this module only
+checks a presented key against it (digests compared in constant time).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
-import secrets
 import threading
+from dataclasses import dataclass
 
 import redis
-from fastapi import Request
+from fastapi import Depends, Request
 
 from renderfarm.api.errors import ApiError
+from renderfarm.core.apikeys import ApiKeyRecord, Scope, hash_key, load_all, lookup, operator_record
 from renderfarm.core.settings import Settings
 
-API_KEYS = "rf:apikeys"  # hash: sha256 hex -> tenant
 _REFRESH_S = 2.0
 log = logging.getLogger("renderfarm.api")
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_api_key() -> str:
-    return "rf_" + secrets.token_urlsafe(32)
-
-
-def create_api_key(client: redis.Redis, tenant: str = "default") -> str:
-    """Store a new key's digest in Redis and return the key (shown once)."""
-    key = new_api_key()
-    client.hset(API_KEYS, hash_key(key), tenant)
-    return key
 
 
 class KeyRing:
@@ -44,16 +29,17 @@ class KeyRing:
     so checking a key never waits on Redis (and a Redis outage keeps the last set)."""
 
     def __init__(self, settings: Settings, client: redis.Redis):
-        self.static: dict[str, str] = {hash_key(k.get_secret_value()): "default" for k in settings.api_keys}
-        self.static.update({h.lower(): "default" for h in settings.api_key_hashes})
+        operator = operator_record()
+        self.static: dict[str, ApiKeyRecord] = {hash_key(k.get_secret_value()): operator for k in settings.api_keys}
+        self.static.update({h.lower(): operator for h in settings.api_key_hashes})
         self.client = client
-        self._stored: dict[str, str] = {}
+        self._stored: dict[str, ApiKeyRecord] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
         try:
-            self._stored = self.client.hgetall(API_KEYS)
+            self._stored = load_all(self.client)
         except redis.exceptions.RedisError as exc:
             log.debug("cannot refresh API keys: %s", exc)
 
@@ -70,19 +56,18 @@ class KeyRing:
     def stop(self) -> None:
         self._stop.set()
 
-    def lookup_stored(self, presented: str) -> str | None:
-        digest = hash_key(presented)
-        tenant = self.client.hget(API_KEYS, digest)
-        if tenant is not None:
-            self._stored = self._stored | {digest: tenant}
-        return tenant
+    def lookup_stored(self, presented: str) -> ApiKeyRecord | None:
+        record = lookup(self.client, presented)
+        if record is not None:
+            self._stored = self._stored | {hash_key(presented): record}
+        return record
 
-    def tenant_for(self, presented: str) -> str | None:
+    def record_for(self, presented: str) -> ApiKeyRecord | None:
         digest = hash_key(presented)
         for table in (self.static, self._stored):
-            for known, tenant in table.items():
+            for known, record in table.items():
                 if hmac.compare_digest(known, digest):
-                    return tenant
+                    return record
         return None
 
 
@@ -93,16 +78,36 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def require_tenant(request: Request) -> str:
+async def require_key(request: Request) -> ApiKeyRecord:
+    """Any valid key (401 otherwise)."""
     key = presented_key(request)
     if not key:
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key> or X-API-Key)",
                        headers={"WWW-Authenticate": "Bearer"})
     keyring: KeyRing = request.app.state.keyring
-    tenant = keyring.tenant_for(key)
-    if tenant is None:
+    record = keyring.record_for(key)
+    if record is None:
         # A key created a moment ago works at once: one HGET for a key not seen yet.
-        tenant = await asyncio.to_thread(keyring.lookup_stored, key)
-    if tenant is None:
+        record = await asyncio.to_thread(keyring.lookup_stored, key)
+    if record is None:
         raise ApiError(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
-    return tenant
+    return record
+
+
+@dataclass(frozen=True)
+class _ScopeCheck:
+    scope: Scope
+
+    async def __call__(self, record: ApiKeyRecord = Depends(require_key)) -> ApiKeyRecord:
+        if not record.allows(self.scope):
+            raise ApiError(403, "forbidden", f"this API key lacks the {self.scope.value!r} scope",
+                           {"required_scope": self.scope.value, "key_scopes": sorted(record.scopes)})
+        return record
+
+
+async def require_jobs(record: ApiKeyRecord = Depends(_ScopeCheck(Scope.jobs))) -> str:
+    """A key with the ``jobs`` scope; returns its tenant."""
+    return record.tenant
+
+
+require_admin = _ScopeCheck(Scope.admin)

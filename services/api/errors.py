@@ -8,6 +8,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -23,6 +24,34 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, details: Any = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers with, whatever its status."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad request (for example an unreadable cursor)",
+    401: "No API key, or not a valid one",
+    403: "The API key lacks the scope this route needs",
+    404: "Not found (another tenant's job is not found either)",
+    409: "Conflicting state or idempotency key",
+    422: "Invalid request: field errors in details",
+    503: "The job store (Redis) is unavailable; retry later",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for error statuses, all with the error model."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict]:

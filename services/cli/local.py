@@ -71,14 +71,18 @@ def _stop(child: Child) -> None:
 
 
 def _api_key(data_dir: Path, client: redis.Redis) -> str:
-    from renderfarm.api.auth import API_KEYS, create_api_key, hash_key
+    """The local farm's key: one person's laptop, so it may do everything (jobs and admin)."""
+    from renderfarm.core.apikeys import ALL_SCOPES, ApiKeyRecord, create_api_key, lookup, store_api_key
 
     key_file = data_dir / ".api-key"
     if key_file.exists():
         key = key_file.read_text().strip()
-        if client.hexists(API_KEYS, hash_key(key)):
+        record = lookup(client, key)
+        if record is not None:
+            if record.scopes != ALL_SCOPES:  # stored before keys had scopes
+                store_api_key(client, key, ApiKeyRecord(tenant=record.tenant, scopes=ALL_SCOPES))
             return key
-    key = create_api_key(client, tenant="local")
+    key = create_api_key(client, tenant="local", scopes=ALL_SCOPES)
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     return key

@@ -43,6 +43,7 @@ from renderfarm.cli.render import (
     status_text,
     workers_table,
 )
+from renderfarm.core.apikeys import DEFAULT_TENANT, Scope, check_tenant
 from renderfarm.core.queues import Priority
 
 EXIT_JOB_FAILED = 1
@@ -391,27 +392,37 @@ def farm_status(ctx: typer.Context) -> None:
 
 @apikey_app.command("create")
 def apikey_create(
-    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant the key acts for.")] = "default",
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant the key acts for; it sees only this tenant's jobs.")]
+    = DEFAULT_TENANT,
+    scope: Annotated[Optional[list[Scope]], typer.Option(
+        "--scope", "-s", help="What the key may do; repeatable. jobs: submit and read the tenant's jobs; "
+                              "admin: pause/resume queues, workers, farm-wide stats. Default: jobs.")] = None,
 ) -> None:
     """Create an API key in Redis (needs RF_REDIS_URL) and print it once."""
+    scopes = frozenset(scope or [Scope.jobs])
+    try:
+        check_tenant(tenant)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tenant") from None
     if not os.environ.get("RF_REDIS_URL"):
         err.print("[bold red]Error:[/] RF_REDIS_URL is not set (the key is stored in the farm's Redis)")
         raise typer.Exit(EXIT_API_ERROR)
     import redis
 
-    from renderfarm.api.auth import create_api_key
+    from renderfarm.core.apikeys import create_api_key
     from renderfarm.core.redis_conn import redis_client
     from renderfarm.core.settings import get_settings
 
     client = redis_client(get_settings(), socket_timeout_s=5.0)
     try:
-        key = create_api_key(client, tenant)
+        key = create_api_key(client, tenant, scopes)
     except redis.exceptions.RedisError as exc:
         err.print(f"[bold red]Error:[/] Redis is unreachable [bright_black]({escape(str(exc))})[/]")
         raise typer.Exit(EXIT_UNREACHABLE) from None
     finally:
         client.close()
-    err.print(f"[bright_black]API key for tenant {escape(tenant)} (shown once; only its hash is stored):[/]")
+    listed = ", ".join(sorted(scopes))
+    err.print(f"[bright_black]API key for tenant {escape(tenant)}, scopes {listed} (shown once; only its hash is stored):[/]")
     typer.echo(key)
 
 

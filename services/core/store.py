@@ -6,6 +6,8 @@ Key layout (all under ``rf:``):
 - ``rf:jobs:all``               zset: every job, scored by creation time (µs)
 - ``rf:jobs:status:<status>``   zset: jobs by status, same score
 - ``rf:jobs:kind:<kind>``       zset: jobs by kind, same score
+- ``rf:tenant:<t>:jobs``        zset: one tenant's jobs, same score (its listing reads
+  only these, and ``rf:tenant:<t>:status:<status>`` / ``rf:tenant:<t>:kind:<kind>``)
 - ``rf:idem:<tenant>:<key>``    string: "<job id> <body hash>" for Idempotency-Key
 - ``rf:deadletter``             list: ids of jobs that failed for good, newest first
 - ``rf:inflight:<queue>``       hash: job id -> pod (HOSTNAME) for jobs taken, not done
@@ -53,6 +55,7 @@ DELAYED = f"{PREFIX}delayed"
 BEAT_HEARTBEAT = f"{PREFIX}beat"
 WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due  # set by the maintenance loop, with a TTL
 _INDEX_PREFIX = f"{PREFIX}jobs:"
+_TENANT_PREFIX = f"{PREFIX}tenant:"
 
 
 def job_key(job_id: str) -> str:
@@ -65,6 +68,18 @@ def status_index(status: JobStatus | str) -> str:
 
 def kind_index(kind: str) -> str:
     return f"{_INDEX_PREFIX}kind:{kind}"
+
+
+def tenant_index(tenant: str) -> str:
+    return f"{_TENANT_PREFIX}{tenant}:jobs"
+
+
+def tenant_status_index(tenant: str, status: JobStatus | str) -> str:
+    return f"{_TENANT_PREFIX}{tenant}:status:{JobStatus(status).value}"
+
+
+def tenant_kind_index(tenant: str, kind: str) -> str:
+    return f"{_TENANT_PREFIX}{tenant}:kind:{kind}"
 
 
 def idempotency_key(tenant: str, key: str) -> str:
@@ -157,6 +172,10 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', 'rf:jobs:all', ARGV[5], ARGV[1])
 redis.call('ZADD', 'rf:jobs:status:queued', ARGV[5], ARGV[1])
 redis.call('ZADD', 'rf:jobs:kind:' .. ARGV[6], ARGV[5], ARGV[1])
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+redis.call('ZADD', 'rf:tenant:' .. tenant .. ':jobs', ARGV[5], ARGV[1])
+redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:queued', ARGV[5], ARGV[1])
+redis.call('ZADD', 'rf:tenant:' .. tenant .. ':kind:' .. ARGV[6], ARGV[5], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3])) end
 return {'created', ''}
@@ -175,6 +194,11 @@ redis.call('HSET', KEYS[1], unpack(fields))
 local score = redis.call('ZSCORE', 'rf:jobs:all', ARGV[1]) or 0
 redis.call('ZREM', 'rf:jobs:status:' .. current, ARGV[1])
 redis.call('ZADD', 'rf:jobs:status:' .. ARGV[2], score, ARGV[1])
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant then
+  redis.call('ZREM', 'rf:tenant:' .. tenant .. ':status:' .. current, ARGV[1])
+  redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:' .. ARGV[2], score, ARGV[1])
+end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 if ARGV[2] ~= 'running' and queue then redis.call('HDEL', 'rf:inflight:' .. queue, ARGV[1]) end
 if tonumber(ARGV[4]) > 0 then
@@ -223,6 +247,11 @@ redis.call('HDEL', KEYS[1], 'queue_message')
 local score = redis.call('ZSCORE', 'rf:jobs:all', ARGV[1]) or 0
 redis.call('ZREM', 'rf:jobs:status:' .. status, ARGV[1])
 redis.call('ZADD', 'rf:jobs:status:running', score, ARGV[1])
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant then
+  redis.call('ZREM', 'rf:tenant:' .. tenant .. ':status:' .. status, ARGV[1])
+  redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:running', score, ARGV[1])
+end
 local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('HSET', 'rf:inflight:' .. queue, ARGV[1], ARGV[2])
 return {'run', tostring(attempts)}
@@ -432,9 +461,17 @@ class JobStore:
         kind: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tenant: str | None = None,
     ) -> Page:
-        """Newest first. Filters by one index and checks the other on the records."""
-        index = status_index(status) if status else kind_index(kind) if kind else INDEX_ALL
+        """Newest first. Filters by one index and checks the other on the records.
+
+        With a tenant, only that tenant's indexes are read: its listing costs the
+        same however many jobs other tenants have."""
+        if tenant is not None:
+            index = (tenant_status_index(tenant, status) if status else tenant_kind_index(tenant, kind) if kind
+                     else tenant_index(tenant))
+        else:
+            index = status_index(status) if status else kind_index(kind) if kind else INDEX_ALL
         max_score: int | str = "+inf"
         after_id: str | None = None
         if cursor:
@@ -460,7 +497,8 @@ class JobStore:
                     stale.append(job_id)
                     continue
                 job = decode_job(raw)
-                if (status and job.status != status) or (kind and job.kind != kind):
+                if (status and job.status != status) or (kind and job.kind != kind) or \
+                        (tenant is not None and job.tenant != tenant):
                     continue
                 found.append((score, job_id, job))
             if len(rows) < batch:
@@ -580,6 +618,7 @@ class JobStore:
         """Drop index entries whose job record has expired (retention). Returns how many."""
         removed = 0
         indexes = [INDEX_ALL] + [status_index(s) for s in JobStatus] + list(self.redis.scan_iter(f"{_INDEX_PREFIX}kind:*"))
+        indexes += list(self.redis.scan_iter(f"{_TENANT_PREFIX}*"))
         for index in indexes:
             start = 0
             while True:

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from renderfarm.api.app import create_app
-from renderfarm.api.auth import create_api_key
+from renderfarm.core.apikeys import create_api_key
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import DEADLETTER
 from tests.support.media import make_clip

@@ -236,7 +236,8 @@ def test_apikey_create_makes_a_working_key(farm, redis_client):
     assert result.exit_code == 0, result.output
     key = result.stdout.strip()
     assert key.startswith("rf_")
-    assert list(redis_client.hgetall("rf:apikeys").values()) == ["media-team"]
+    [stored] = redis_client.hgetall("rf:apikeys").values()
+    assert json.loads(stored) == {"tenant": "media-team", "scopes": ["jobs"]}
     assert key not in json.dumps(redis_client.hgetall("rf:apikeys"))
     # the API caches stored keys for a couple of seconds
     wait_for(lambda: cli(base, "jobs", key=key).exit_code == 0, 10, interval=0.5, what="the new key to be accepted")

@@ -6,19 +6,24 @@ import time
 
 from fastapi import APIRouter, Depends
 
-from renderfarm.api.deps import Tenant, store
+from renderfarm.api.deps import Admin, AnyKey, store
+from renderfarm.api.errors import error_responses
 from renderfarm.api.routers.queues import queue_overview
 from renderfarm.api.schemas import KindOut, StatsOut, StatusOut, WorkerOut
+from renderfarm.core.apikeys import ApiKeyRecord
 from renderfarm.core.kinds import KINDS
 from renderfarm.core.metrics_store import OUTCOMES, duration_key
 from renderfarm.core.queues import WorkloadClass, all_queues
 from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore, inflight_key
 
-router = APIRouter(prefix="/v1", tags=["farm"])
+router = APIRouter(prefix="/v1", tags=["farm"], responses=error_responses(401, 503))
 
 
-@router.get("/workers", response_model=list[WorkerOut], summary="Live workers and what they run")
-def list_workers(tenant: str = Tenant, store_: JobStore = Depends(store)) -> list[WorkerOut]:
+# Workers and stats are farm-wide (they name every tenant's running jobs and count
+# them all), so they need the admin scope; a tenant sees its own jobs in /v1/jobs.
+@router.get("/workers", response_model=list[WorkerOut], summary="Live workers and what they run (admin)",
+            responses=error_responses(403))
+def list_workers(key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> list[WorkerOut]:
     pipe = store_.redis.pipeline(transaction=False)
     for queue in all_queues():
         pipe.hgetall(inflight_key(queue))
@@ -39,8 +44,9 @@ def list_workers(tenant: str = Tenant, store_: JobStore = Depends(store)) -> lis
     return out
 
 
-@router.get("/stats", response_model=StatsOut, summary="Counts by status and kind, outcomes, durations")
-def stats(tenant: str = Tenant, store_: JobStore = Depends(store)) -> StatsOut:
+@router.get("/stats", response_model=StatsOut, summary="Farm-wide counts by status and kind, outcomes, durations (admin)",
+            responses=error_responses(403))
+def stats(key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> StatsOut:
     outcomes_raw = store_.redis.hgetall(OUTCOMES)
     pipe = store_.redis.pipeline(transaction=False)
     keys = sorted({tuple(field.split("|")[:2]) for field in outcomes_raw})
@@ -63,7 +69,7 @@ def stats(tenant: str = Tenant, store_: JobStore = Depends(store)) -> StatsOut:
 
 
 @router.get("/kinds", response_model=list[KindOut], summary="Registered job kinds and their parameters")
-def list_kinds(tenant: str = Tenant) -> list[KindOut]:
+def list_kinds(key: ApiKeyRecord = AnyKey) -> list[KindOut]:
     return [KindOut(name=k.name, pool=k.workload.value, description=k.description,
                     soft_time_limit_s=k.soft_time_limit_s, time_limit_s=k.time_limit_s,
                     max_retries=k.retry.max_retries, params_schema=k.params_model.model_json_schema())
@@ -71,7 +77,7 @@ def list_kinds(tenant: str = Tenant) -> list[KindOut]:
 
 
 @router.get("/status", response_model=StatusOut, summary="Which parts of the farm are up")
-def farm_status(tenant: str = Tenant, store_: JobStore = Depends(store)) -> StatusOut:
+def farm_status(key: ApiKeyRecord = AnyKey, store_: JobStore = Depends(store)) -> StatusOut:
     pools = {pool.value: 0 for pool in WorkloadClass}
     for info in store_.workers():
         if info.get("pool") in pools:

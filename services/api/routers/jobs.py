@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from renderfarm.api.deps import Tenant, settings, store
-from renderfarm.api.errors import ApiError
+from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.schemas import JobPage, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus
@@ -26,17 +26,29 @@ from renderfarm.core.store import (
 )
 from renderfarm.core.submit import job_message, new_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 503))
 
 
-def _get(store_: JobStore, job_id: str) -> Job:
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"job {job_id} not found")
+
+
+def _owned(job: Job, tenant: str) -> Job:
+    """Another tenant's job answers exactly like a job that does not exist."""
+    if job.tenant != tenant:
+        raise _not_found(job.id)
+    return job
+
+
+def _get(store_: JobStore, job_id: str, tenant: str) -> Job:
     try:
-        return store_.get(job_id)
+        return _owned(store_.get(job_id), tenant)
     except JobNotFound:
-        raise ApiError(404, "not_found", f"job {job_id} not found") from None
+        raise _not_found(job_id) from None
 
 
-@router.post("", status_code=202, response_model=Job, summary="Submit a job")
+@router.post("", status_code=202, response_model=Job, summary="Submit a job",
+             responses=error_responses(409, 422))
 def submit_job(
     body: SubmitJobRequest,
     request: Request,
@@ -82,7 +94,8 @@ def submit_job(
     return stored
 
 
-@router.get("", response_model=JobPage, summary="List jobs (history, active) newest first")
+@router.get("", response_model=JobPage, summary="List this tenant's jobs (history, active) newest first",
+            responses=error_responses(400, 422))
 def list_jobs(
     status: JobStatus | None = None,
     kind: str | None = None,
@@ -95,39 +108,42 @@ def list_jobs(
         raise ApiError(422, "validation_error", f"unknown kind {kind!r}",
                        [{"field": "kind", "message": "unknown kind", "allowed": list(KINDS)}])
     try:
-        page = store_.list(status=status, kind=kind, limit=limit, cursor=cursor)
+        page = store_.list(status=status, kind=kind, limit=limit, cursor=cursor, tenant=tenant)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     return JobPage(jobs=page.jobs, next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=Job, summary="One job")
+@router.get("/{job_id}", response_model=Job, summary="One job", responses=error_responses(404, 422))
 async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> Job:
     try:
-        return await JobStore.get_async(request.app.state.async_redis, job_id)
+        return _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
     except JobNotFound:
-        raise ApiError(404, "not_found", f"job {job_id} not found") from None
+        raise _not_found(job_id) from None
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job")
+@router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job",
+             responses=error_responses(404, 409, 422))
 def cancel_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
     """A queued job never runs; a running job is stopped and ends ``cancelled``."""
+    _get(store_, job_id, tenant)
     try:
         store_.transition(job_id, JobStatus.cancelled, fields={
             "finished_at": datetime.now(timezone.utc), "stage": "cancelled", "message": "cancelled by request",
         })
     except JobNotFound:
-        raise ApiError(404, "not_found", f"job {job_id} not found") from None
+        raise _not_found(job_id) from None
     except TransitionConflict as exc:
         raise ApiError(409, "conflict", f"job is {exc.current}; only queued, running or retrying jobs can be cancelled") from None
-    job = _get(store_, job_id)
+    job = _get(store_, job_id, tenant)
     store_.publish_status(job)
     return job
 
 
-@router.post("/{job_id}/retry", status_code=202, response_model=Job, summary="Re-run a failed or cancelled job")
+@router.post("/{job_id}/retry", status_code=202, response_model=Job, summary="Re-run a failed or cancelled job",
+             responses=error_responses(404, 409, 422))
 def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
-    job = _get(store_, job_id)
+    job = _get(store_, job_id, tenant)
     kind = get_kind(job.kind)
     try:
         store_.transition(
@@ -140,7 +156,7 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
         )
     except TransitionConflict as exc:
         raise ApiError(409, "conflict", f"job is {exc.current}; only failed or cancelled jobs can be retried") from None
-    job = _get(store_, job_id)
+    job = _get(store_, job_id, tenant)
     store_.publish_status(job)
     return job
 
@@ -149,7 +165,7 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(job_id: str, request: Request, tenant: str = Tenant) -> StreamingResponse:
     store_: JobStore = request.app.state.store
-    job = await asyncio.to_thread(_get, store_, job_id)
+    job = await asyncio.to_thread(_get, store_, job_id, tenant)
     async_redis = request.app.state.async_redis
 
     async def stream():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from renderfarm.api.deps import Tenant, store
-from renderfarm.api.errors import ApiError
+from renderfarm.api.deps import Admin, AnyKey, store
+from renderfarm.api.errors import ApiError, error_responses
+from renderfarm.core.apikeys import ApiKeyRecord
 from renderfarm.api.schemas import QueueOut
 from renderfarm.core.queues import all_queues, parse_queue_name
 from renderfarm.core.store import JobStore
 
-router = APIRouter(prefix="/v1/queues", tags=["queues"])
+router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=error_responses(401, 503))
 
 
 def queue_overview(store_: JobStore) -> list[QueueOut]:
@@ -28,8 +29,8 @@ def queue_overview(store_: JobStore) -> list[QueueOut]:
     return out
 
 
-@router.get("", response_model=list[QueueOut])
-def list_queues(tenant: str = Tenant, store_: JobStore = Depends(store)) -> list[QueueOut]:
+@router.get("", response_model=list[QueueOut], summary="Depth, in-flight, consumers and pause state of every queue")
+def list_queues(key: ApiKeyRecord = AnyKey, store_: JobStore = Depends(store)) -> list[QueueOut]:
     return queue_overview(store_)
 
 
@@ -41,13 +42,15 @@ def _known(name: str) -> str:
     return name
 
 
-@router.post("/{name}/pause", response_model=QueueOut, summary="Stop all workers consuming this queue")
-def pause_queue(name: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> QueueOut:
+@router.post("/{name}/pause", response_model=QueueOut, summary="Stop all workers consuming this queue (admin)",
+             responses=error_responses(403, 404))
+def pause_queue(name: str, key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> QueueOut:
     store_.set_paused(_known(name), True)
     return next(q for q in queue_overview(store_) if q.name == name)
 
 
-@router.post("/{name}/resume", response_model=QueueOut, summary="Let workers consume this queue again")
-def resume_queue(name: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> QueueOut:
+@router.post("/{name}/resume", response_model=QueueOut, summary="Let workers consume this queue again (admin)",
+             responses=error_responses(403, 404))
+def resume_queue(name: str, key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> QueueOut:
     store_.set_paused(_known(name), False)
     return next(q for q in queue_overview(store_) if q.name == name)
