@@ -35,7 +35,8 @@ def farm(tmp_path):
         headers = {"Authorization": f"Bearer {key}"}
         wait_for(lambda: httpx.get(f"{base}/v1/status", headers=headers).json()["pools"]["cpu"] >= 1, 60,
                  what="cpu worker")
-        yield {"base": base, "headers": headers, "data_dir": data_dir, "proc": proc, "log": tmp_path / "farm.log"}
+        yield {"base": base, "headers": headers, "data_dir": data_dir, "proc": proc, "log": tmp_path / "farm.log",
+               "redis_port": redis_port}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -98,3 +99,26 @@ def test_make_run_stack_transcodes_over_http_and_stops_cleanly(farm):
     time.sleep(0.5)
     assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
     assert "stopped." in farm["log"].read_text()
+
+
+def test_make_run_redis_fsyncs_every_write_and_its_key_does_everything(farm, tmp_path):
+    """A 202 is durable: the Redis `make run` starts writes every command to its
+    append-only file before answering; and the printed key works for jobs and admin."""
+    import redis
+
+    base, headers, data_dir = farm["base"], farm["headers"], farm["data_dir"]
+    client = redis.Redis(port=farm["redis_port"], decode_responses=True)
+    config = client.config_get("append*")
+    assert config["appendonly"] == "yes" and config["appendfsync"] == "always", config
+
+    clip = make_clip(data_dir / "inputs" / "durable.mp4", duration=1)
+    assert httpx.post(f"{base}/v1/queues/cpu.low/pause", headers=headers).json()["paused"] is True
+    job = httpx.post(f"{base}/v1/jobs", headers=headers,
+                     json={"kind": "probe", "input": clip.as_uri(), "priority": "low"}).json()
+    assert job["status"] == "queued" and job["tenant"] == "local"
+    assert httpx.get(f"{base}/v1/workers", headers=headers).status_code == 200
+    assert httpx.get(f"{base}/v1/stats", headers=headers).status_code == 200
+    # The job's record is in the AOF the moment the 202 came back.
+    aof = b"".join(p.read_bytes() for p in (data_dir / "redis").rglob("*.aof*") if p.is_file())
+    assert job["id"].encode() in aof
+    assert httpx.post(f"{base}/v1/queues/cpu.low/resume", headers=headers).status_code == 200
