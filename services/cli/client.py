@@ -70,6 +70,7 @@ def _error_from_response(response: httpx.Response) -> ApiError:
 class SseEvent:
     event: str
     data: str
+    id: str | None = None
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -77,12 +78,12 @@ class SseEvent:
 
 def iter_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
     """Parse a text/event-stream line by line (comments such as keep-alives are skipped)."""
-    event, data = "message", []
+    event, data, event_id = "message", [], None
     for line in lines:
         if line == "":
             if data:
-                yield SseEvent(event, "\n".join(data))
-            event, data = "message", []
+                yield SseEvent(event, "\n".join(data), event_id)
+            event, data, event_id = "message", [], None
             continue
         if line.startswith(":"):
             continue
@@ -92,8 +93,10 @@ def iter_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
             event = value
         elif field == "data":
             data.append(value)
+        elif field == "id":
+            event_id = value
     if data:
-        yield SseEvent(event, "\n".join(data))
+        yield SseEvent(event, "\n".join(data), event_id)
 
 
 class RenderfarmClient:
@@ -168,15 +171,17 @@ class RenderfarmClient:
     def retry(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/retry")
 
-    def events(self, job_id: str, read_timeout: float = 60.0) -> Iterator[SseEvent]:
-        """The job's Server-Sent Events until the server ends the stream (after a terminal status).
+    def events(self, job_id: str, read_timeout: float = 60.0, last_event_id: str | None = None) -> Iterator[SseEvent]:
+        """The job's Server-Sent Events until the server ends the stream (after a terminal
+        status, or after the stream's lifetime: then reconnect with ``last_event_id``).
 
-        The server sends a keep-alive every 15 s, so a longer read timeout means the
-        connection is gone."""
+        The server sends a keep-alive comment every ``RF_SSE_KEEPALIVE_S`` (15 s by
+        default), so a longer read timeout means the connection is gone."""
         timeout = httpx.Timeout(10.0, read=read_timeout)
+        headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_event_id} if last_event_id else {})
         try:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout,
-                                   headers={"Accept": "text/event-stream"}) as response:
+                                   headers=headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from_response(response)

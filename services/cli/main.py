@@ -196,10 +196,12 @@ def follow(client: RenderfarmClient, job: dict[str, Any], max_reconnects: int = 
                     last_line = line
                     progress.console.print(f"[bright_black]{escape(line)} {pct:.0f}%[/]")
 
+        last_event_id: str | None = None
         while True:
             try:
-                for event in client.events(job_id):
+                for event in client.events(job_id, last_event_id=last_event_id):
                     failures = 0
+                    last_event_id = event.id or last_event_id
                     try:
                         state = event.json()
                     except ValueError:
@@ -215,12 +217,10 @@ def follow(client: RenderfarmClient, job: dict[str, Any], max_reconnects: int = 
                     raise
                 time.sleep(min(0.5 * 2 ** failures, 10.0))
                 continue
-            # The stream ended without a final "job" event: look, then listen again.
-            current = client.job(job_id)
-            update(current)
-            if current.get("status") in TERMINAL:
-                return current
-            time.sleep(0.5)
+            # The stream ended without a final "job" event (its lifetime ran out, or a
+            # proxy cut it): listen again from the last event; a finished job's final
+            # state always comes first.
+            time.sleep(0.2)
 
 
 def _describe(state: dict[str, Any]) -> str:

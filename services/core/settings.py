@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_timeout_s: float = 10.0
 
+    # Job event streams (SSE): a keep-alive comment after this long without an event
+    # (proxies drop idle connections), and a stream ends after its lifetime; the
+    # client reconnects with Last-Event-ID and misses nothing.
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    sse_max_lifetime_s: float = Field(default=300.0, gt=0)
+
     worker_heartbeat_s: float = 5.0
     # Each worker serves /metrics here (0 = off); the chart sets it, tests pick a free port.
     worker_metrics_port: int = 0

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.schemas import JobPage, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
-from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus
+from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
 from renderfarm.core.kinds import KINDS, get_kind
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import (
@@ -161,46 +161,64 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
     return job
 
 
-@router.get("/{job_id}/events", summary="Progress as Server-Sent Events",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, request: Request, tenant: str = Tenant) -> StreamingResponse:
+@router.get("/{job_id}/events", summary="Progress as Server-Sent Events (resumable with Last-Event-ID)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}} | error_responses(404, 422))
+async def job_events(
+    job_id: str,
+    request: Request,
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID", max_length=64),
+    tenant: str = Tenant,
+) -> StreamingResponse:
+    """``job`` events carry the whole job, ``progress`` events a ProgressEvent; each has
+    an ``id`` naming the state it carries. Comments keep an idle connection alive. The
+    stream ends after a terminal status or after ``RF_SSE_MAX_LIFETIME_S``; reconnect
+    with ``Last-Event-ID`` to go on (a finished job's final state is always sent)."""
     store_: JobStore = request.app.state.store
-    job = await asyncio.to_thread(_get, store_, job_id, tenant)
+    settings_: Settings = request.app.state.settings
+    await asyncio.to_thread(_get, store_, job_id, tenant)
     async_redis = request.app.state.async_redis
+    loop = asyncio.get_running_loop()
 
     async def stream():
         pubsub = async_redis.pubsub()
         await pubsub.subscribe(events_channel(job_id))
         try:
+            yield sse.retry()
             # Subscribe first, then send the current state: no event falls in between.
             current = await asyncio.to_thread(store_.get, job_id)
-            yield _sse("job", current.model_dump_json())
-            if current.status in TERMINAL_STATUSES:
+            current_id = sse.state_id(current.status, current.progress, current.stage, current.message)
+            terminal = current.status in TERMINAL_STATUSES
+            if terminal or current_id != last_event_id:
+                yield sse.event("job", current.model_dump_json(), current_id)
+            if terminal:
                 return
-            idle = 0.0
+            ends_at = loop.time() + settings_.sse_max_lifetime_s
+            last_sent = loop.time()
             while not await request.is_disconnected():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                now = loop.time()
+                if now >= ends_at:
+                    yield sse.comment("stream lifetime reached; reconnect with Last-Event-ID")
+                    return
+                wait = min(1.0, ends_at - now, max(0.0, last_sent + settings_.sse_keepalive_s - now))
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
                 if message is None:
-                    idle += 1.0
-                    if idle >= 15:
-                        idle = 0.0
-                        yield ": keep-alive\n\n"
+                    if loop.time() - last_sent >= settings_.sse_keepalive_s:
+                        last_sent = loop.time()
+                        yield sse.comment("keep-alive")
                     continue
-                idle = 0.0
-                yield _sse("progress", message["data"])
-                status = json.loads(message["data"]).get("status")
-                if status in {s.value for s in TERMINAL_STATUSES}:
+                last_sent = loop.time()
+                event = ProgressEvent.model_validate_json(message["data"])
+                yield sse.event("progress", message["data"],
+                                sse.state_id(event.status, event.progress, event.stage, event.message))
+                if event.status in TERMINAL_STATUSES:
                     final = await asyncio.to_thread(store_.get, job_id)
-                    yield _sse("job", final.model_dump_json())
+                    yield sse.event("job", final.model_dump_json(),
+                                    sse.state_id(final.status, final.progress, final.stage, final.message))
                     return
         finally:
             await pubsub.unsubscribe()
             await pubsub.aclose()
 
-    del job
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _sse(event: str, data: str) -> str:
-    return f"event: {event}\ndata: {data}\n\n"
