@@ -12,28 +12,38 @@ Every command gets the same safety and reporting flags:
   stdout, parsed here into a percentage;
 - ``-nostdin``: ffmpeg must never wait for, or eat, terminal input.
 
+Every pool runs ffmpeg and ffprobe through here: ``run_ffmpeg`` (outputs to
+files, progress on stdout), ``stream_ffmpeg`` (raw frames or PCM streamed on
+stdout, the GPU pools' pipes) and ``probe``. Each takes ``should_stop`` (the
+job's cancel check), polled on a thread while the process runs, so a cancelled
+job's ffmpeg is killed even when it is stalled and writes nothing.
+
 The parser is a pure function (``parse_progress_lines``); the process handling
-around it (``run_ffmpeg``) kills ffmpeg when the job is cancelled.
+around it is the imperative shell.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import ffmpeg
 
-from renderfarm.worker.errors import InvalidMedia
+from renderfarm.worker.errors import InvalidMedia, JobCancelled
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 
 GLOBAL_ARGS: tuple[str, ...] = ("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
+# For commands whose stdout carries the media itself (raw frames, PCM): no progress stream.
+PIPE_GLOBAL_ARGS: tuple[str, ...] = ("-nostdin", "-hide_banner", "-loglevel", "error", "-nostats")
 
 PROTOCOL_WHITELIST = "file"
 
@@ -52,6 +62,8 @@ FORMAT_WHITELIST = ",".join(MEDIA_DEMUXERS)
 
 # How long ffmpeg gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_S = 2.0
+# How often a running ffmpeg/ffprobe asks whether its job was cancelled.
+CANCEL_POLL_S = 0.5
 
 # stderr phrases that mean "this input cannot be read as media" (not a bug here,
 # not worth a retry).
@@ -81,6 +93,22 @@ def input_kwargs(*, trusted: bool = False) -> dict[str, str]:
 def file_url(path: Path | str) -> str:
     """``file:`` + absolute path: a colon in a file name can never select a protocol."""
     return "file:" + str(Path(path).absolute())
+
+
+def input_args(path: Path | str, *, trusted: bool = False) -> list[str]:
+    """``-i`` with the whitelists, for argv built by hand (the GPU pools' commands)."""
+    options = [item for name, value in input_kwargs(trusted=trusted).items() for item in (f"-{name}", value)]
+    return [*options, "-i", file_url(path)]
+
+
+def ffmpeg_argv(*args: str) -> list[str]:
+    """An ffmpeg command writing files, with the global flags (progress on stdout) and -y."""
+    return [FFMPEG, *GLOBAL_ARGS, "-y", *args]
+
+
+def pipe_argv(*args: str) -> list[str]:
+    """An ffmpeg command whose stdout is the output (``... -f rawvideo pipe:1``)."""
+    return [FFMPEG, *PIPE_GLOBAL_ARGS, *args]
 
 
 def compile_command(stream_spec) -> list[str]:
@@ -205,6 +233,50 @@ def _stop(proc: subprocess.Popen, grace_s: float) -> None:
         proc.wait()
 
 
+class _CancelWatch:
+    """Asks ``should_stop`` every CANCEL_POLL_S while ``proc`` runs and stops the process
+    when it says so. On a thread, so a stalled ffmpeg (no output, no progress) is
+    stopped too; ``fired`` tells the caller to raise JobCancelled."""
+
+    def __init__(self, proc: subprocess.Popen, should_stop: Callable[[], bool] | None, grace_s: float,
+                 interval_s: float = CANCEL_POLL_S):
+        self.fired = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if should_stop is None:
+            return
+
+        def watch() -> None:
+            while not self._done.wait(interval_s) and proc.poll() is None:
+                try:
+                    stop = should_stop()
+                except Exception:  # a failed check (Redis blip) is not a cancel
+                    continue
+                if stop:
+                    self.fired = True
+                    _stop(proc, grace_s)
+                    return
+
+        self._thread = threading.Thread(target=watch, name="ffmpeg-cancel-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _drain(stream: IO[bytes], into: deque[str]) -> threading.Thread:
+    # stderr is drained on a thread: a chatty ffmpeg must never block on a full pipe.
+    def read() -> None:
+        for line in stream:
+            into.append(line.decode("utf-8", "replace") if isinstance(line, bytes) else line)
+
+    thread = threading.Thread(target=read, name="ffmpeg-stderr", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_ffmpeg(
     argv: Sequence[str],
     *,
@@ -212,13 +284,15 @@ def run_ffmpeg(
     on_progress: Callable[[float], None] | None = None,
     what: str = "ffmpeg",
     grace_s: float = TERMINATE_GRACE_S,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run an ffmpeg command to the end, calling ``on_progress(percent)`` for every
     progress block.
 
     If ``on_progress`` raises (JobCancelled, typically) — or anything else
     interrupts the wait, such as Celery's soft time limit — ffmpeg is stopped
-    (SIGTERM, then SIGKILL after ``grace_s``) and the exception propagates.
+    (SIGTERM, then SIGKILL after ``grace_s``) and the exception propagates. When
+    ``should_stop()`` turns true, ffmpeg is stopped and JobCancelled raised.
     A non-zero exit raises InvalidMedia when stderr says the input is unreadable,
     otherwise RuntimeError with the end of stderr.
     """
@@ -231,10 +305,9 @@ def run_ffmpeg(
         errors="replace",
         bufsize=1,
     )
-    # stderr is drained on a thread: a chatty ffmpeg must never block on a full pipe.
     stderr_lines: deque[str] = deque(maxlen=200)
-    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), name="ffmpeg-stderr", daemon=True)
-    reader.start()
+    reader = _drain(proc.stderr, stderr_lines)
+    watch = _CancelWatch(proc, should_stop, grace_s)
     parser = ProgressParser()
     percent = 0.0
     try:
@@ -250,25 +323,83 @@ def run_ffmpeg(
         _stop(proc, grace_s)
         raise
     finally:
+        watch.close()
         proc.stdout.close()
         reader.join(timeout=5)
         proc.stderr.close()
+    if watch.fired:
+        raise JobCancelled(f"{what}: stopped, the job was cancelled")
     if returncode != 0:
         raise failure(what, returncode, "".join(stderr_lines))
 
 
-def probe(path: Path | str) -> dict:
+@contextmanager
+def stream_ffmpeg(
+    argv: Sequence[str],
+    *,
+    what: str = "ffmpeg",
+    grace_s: float = TERMINATE_GRACE_S,
+    should_stop: Callable[[], bool] | None = None,
+    failure_is_invalid_media: bool = False,
+) -> Iterator[IO[bytes]]:
+    """Run an ffmpeg command whose stdout is its output (raw frames, PCM) and hand
+    that stdout to the caller, who reads it to the end inside the ``with``.
+
+    Leaving the block by an exception stops ffmpeg. ``should_stop`` is polled as in
+    ``run_ffmpeg``: when it turns true ffmpeg is stopped (the caller's read ends)
+    and JobCancelled is raised at the end of the block. A non-zero exit raises as
+    in ``run_ffmpeg``, or always InvalidMedia with ``failure_is_invalid_media``.
+    """
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr_lines: deque[str] = deque(maxlen=200)
+    reader = _drain(proc.stderr, stderr_lines)
+    watch = _CancelWatch(proc, should_stop, grace_s)
+    try:
+        yield proc.stdout
+        returncode = proc.wait()
+    except BaseException:
+        _stop(proc, grace_s)
+        raise
+    finally:
+        watch.close()
+        proc.stdout.close()
+        reader.join(timeout=5)
+        proc.stderr.close()
+    if watch.fired:
+        raise JobCancelled(f"{what}: stopped, the job was cancelled")
+    if returncode != 0:
+        stderr = "".join(stderr_lines)
+        if failure_is_invalid_media:
+            raise InvalidMedia(f"{what}: unreadable or invalid media: {_stderr_tail(stderr) or f'exit status {returncode}'}")
+        raise failure(what, returncode, stderr)
+
+
+def probe_argv(path: Path | str) -> list[str]:
+    options = [item for name, value in input_kwargs().items() for item in (f"-{name}", value)]
+    return [FFPROBE, "-v", "error", *options, "-show_format", "-show_streams", "-of", "json", file_url(path)]
+
+
+def probe(path: Path | str, *, should_stop: Callable[[], bool] | None = None,
+          grace_s: float = TERMINATE_GRACE_S) -> dict:
     """ffprobe's JSON (format and streams) for a local file, with the same input
     whitelists as ffmpeg. Any ffprobe failure means the media is unusable: InvalidMedia."""
+    proc = subprocess.Popen(probe_argv(path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    watch = _CancelWatch(proc, should_stop, grace_s)
     try:
-        return ffmpeg.probe(
-            file_url(path),
-            cmd=FFPROBE,
-            v="error",
-            **input_kwargs(),
-        )
-    except ffmpeg.Error as exc:
-        stderr = (exc.stderr or b"").decode("utf-8", "replace")
-        raise InvalidMedia(f"cannot read {Path(path).name!r} as media: {_stderr_tail(stderr) or 'ffprobe failed'}") from None
+        out, err = proc.communicate()
+    except BaseException:
+        _stop(proc, grace_s)
+        raise
+    finally:
+        watch.close()
+    if watch.fired:
+        raise JobCancelled("ffprobe: stopped, the job was cancelled")
+    name = Path(path).name
+    if proc.returncode != 0:
+        stderr = err.decode("utf-8", "replace")
+        raise InvalidMedia(f"cannot read {name!r} as media: {_stderr_tail(stderr) or 'ffprobe failed'}")
+    try:
+        return json.loads(out)
     except ValueError as exc:  # ffprobe printed something that is not JSON
-        raise InvalidMedia(f"cannot read {Path(path).name!r} as media: {exc}") from None
+        raise InvalidMedia(f"cannot read {name!r} as media: {exc}") from None

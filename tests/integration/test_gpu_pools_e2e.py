@@ -72,6 +72,25 @@ def output_path(uri: str) -> Path:
     return Path(urlsplit(uri).path)
 
 
+def disguised_playlist(data_dir: Path) -> Path:
+    """A .mp4 inside the allowed roots that is an HLS playlist naming a file outside them."""
+    secret = data_dir.parent / "outside" / "secret.ts"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x90:rate=25:duration=2", "-f", "lavfi", "-i", "sine=duration=2",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(secret)], check=True)
+    disguised = data_dir / "inputs" / "disguised.mp4"
+    disguised.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{secret}\n#EXT-X-ENDLIST\n")
+    return disguised
+
+
+def assert_refused(store: JobStore, worker: ServiceProcess, kind_name: str, data_dir: Path) -> None:
+    job = submit(store, kind_name, disguised_playlist(data_dir), {})
+    done = wait_done(store, job.id, worker)
+    assert done.status == JobStatus.failed and done.error.type == "invalid_media", done
+    assert done.result is None
+
+
 def test_a_vision_job_runs_on_a_gpu_vision_worker(store, gpu_env, workers, data_dir):
     clip = data_dir / "inputs" / "two-shots.mp4"
     subprocess.run(
@@ -98,6 +117,7 @@ def test_a_vision_job_runs_on_a_gpu_vision_worker(store, gpu_env, workers, data_
     shots = json.loads(output_path(done.result.outputs[0].uri).read_text())["shots"]
     assert [s["start_frame"] for s in shots][1:] and abs(shots[1]["start_frame"] - 40) <= 2
     assert done.result.metadata["shots"] == 2 and done.result.metadata["frames"] == 75
+    assert_refused(store, worker, "vision", data_dir)
 
 
 def test_a_transcribe_job_runs_on_a_gpu_transcribe_worker(store, gpu_env, workers, data_dir):
@@ -117,3 +137,4 @@ def test_a_transcribe_job_runs_on_a_gpu_transcribe_worker(store, gpu_env, worker
         assert done.result.metadata["device"] in ("cpu", "cuda")
     # Both jobs ran in the same warm process: the model was loaded once.
     assert worker.log().count("whisper model") == 1, worker.log()[-3000:]
+    assert_refused(store, worker, "transcribe", data_dir)

