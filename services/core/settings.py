@@ -48,7 +48,12 @@ class Settings(BaseSettings):
 
     # Signs webhook deliveries (HMAC-SHA256); jobs with a webhook_url need it set.
     webhook_secret: SecretStr | None = None
-    webhook_timeout_s: float = 10.0
+    # The whole exchange with a receiver (connect to last byte read) is bounded by
+    # this, and at most this much of its answer is read.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=1)
+    # Deliveries in flight at once (beat's sender thread).
+    webhook_concurrency: int = Field(default=8, ge=1)
 
     # Job event streams (SSE): a keep-alive comment after this long without an event
     # (proxies drop idle connections), and a stream ends after its lifetime; the

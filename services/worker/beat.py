@@ -4,7 +4,8 @@
 - jobs whose worker stopped heart-beating go back on their queues;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
 - index entries of jobs past their retention are removed;
-- webhooks of finished jobs are delivered, signed, with retries.
+- webhooks of finished jobs are delivered, signed, with retries, by a sender
+  thread of their own (a slow receiver never holds up the passes above).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key, job_key
 from renderfarm.core.submit import job_message
-from renderfarm.worker.webhooks import deliver_due
+from renderfarm.worker.webhooks import WebhookSender
 
 log = logging.getLogger("renderfarm.beat")
 
@@ -96,6 +97,14 @@ def age_waiting_jobs(store: JobStore, settings: Settings, batch: int = 100, max_
 def run_forever(stop: threading.Event, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     store = JobStore(redis_client(settings, socket_timeout_s=5), retention_seconds=settings.retention_seconds)
+    sender = WebhookSender(JobStore(redis_client(settings, socket_timeout_s=5)), settings).start()
+    try:
+        _maintain(stop, store, settings)
+    finally:
+        sender.stop()
+
+
+def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> None:
     last_cleanup = 0.0
     last_slow = 0.0
     while not stop.is_set():
@@ -103,7 +112,6 @@ def run_forever(stop: threading.Event, settings: Settings | None = None) -> None
         try:
             store.redis.set(BEAT_HEARTBEAT, repr(time.time()), ex=max(5, int(settings.maintenance_interval_s * 3)))
             store.promote_due_retries()
-            deliver_due(store, settings)
             if started - last_slow >= 5:
                 last_slow = started
                 recover_orphans(store, settings)
