@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from renderfarm import __version__
 from renderfarm.api.auth import KeyRing
-from renderfarm.api.errors import error_body, install_error_handlers
+from renderfarm.api.errors import error_body, error_responses, install_error_handlers
 from renderfarm.api.metrics import ApiMetrics
 from renderfarm.api.routers import farm, jobs, queues
 from renderfarm.core.redis_conn import redis_client
@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: the job store answers")
+    @app.get("/readyz", tags=["health"], summary="Readiness: the job store answers",
+             responses=error_responses(503))
     def readyz() -> Response:
         try:
             client.ping()
@@ -96,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=503, media_type="application/json")
         return Response('{"status":"ready"}', media_type="application/json")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics",
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format"}})
     def metrics() -> Response:
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

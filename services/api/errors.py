@@ -39,7 +39,7 @@ class ErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
-    400: "Bad request (for example an unreadable cursor)",
+    400: "Bad request: a body that is not JSON, or an unreadable cursor",
     401: "No API key, or not a valid one",
     403: "The API key lacks the scope this route needs",
     404: "Not found (another tenant's job is not found either)",
@@ -77,7 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                401: "unauthorized"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(redis.exceptions.ConnectionError)

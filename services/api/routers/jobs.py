@@ -48,7 +48,7 @@ def _get(store_: JobStore, job_id: str, tenant: str) -> Job:
 
 
 @router.post("", status_code=202, response_model=Job, summary="Submit a job",
-             responses=error_responses(409, 422))
+             responses=error_responses(400, 409, 422))
 def submit_job(
     body: SubmitJobRequest,
     request: Request,
