@@ -11,10 +11,9 @@ import asyncio
 import hmac
 import logging
 import threading
-from dataclasses import dataclass
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Request
 
 from renderfarm.api.errors import ApiError
 from renderfarm.core.apikeys import ApiKeyRecord, Scope, hash_key, load_all, lookup, operator_record
@@ -94,20 +93,20 @@ async def require_key(request: Request) -> ApiKeyRecord:
     return record
 
 
-@dataclass(frozen=True)
-class _ScopeCheck:
-    scope: Scope
-
-    async def __call__(self, record: ApiKeyRecord = Depends(require_key)) -> ApiKeyRecord:
-        if not record.allows(self.scope):
-            raise ApiError(403, "forbidden", f"this API key lacks the {self.scope.value!r} scope",
-                           {"required_scope": self.scope.value, "key_scopes": sorted(record.scopes)})
-        return record
+def _require_scope(record: ApiKeyRecord, scope: Scope) -> ApiKeyRecord:
+    if not record.allows(scope):
+        raise ApiError(403, "forbidden", f"this API key lacks the {scope.value!r} scope",
+                       {"required_scope": scope.value, "key_scopes": sorted(record.scopes)})
+    return record
 
 
-async def require_jobs(record: ApiKeyRecord = Depends(_ScopeCheck(Scope.jobs))) -> str:
+# One dependency each, not a chain: every level of sub-dependency costs the hot
+# routes (submit, status) time per request.
+async def require_jobs(request: Request) -> str:
     """A key with the ``jobs`` scope; returns its tenant."""
-    return record.tenant
+    return _require_scope(await require_key(request), Scope.jobs).tenant
 
 
-require_admin = _ScopeCheck(Scope.admin)
+async def require_admin(request: Request) -> ApiKeyRecord:
+    """A key with the ``admin`` scope."""
+    return _require_scope(await require_key(request), Scope.admin)
