@@ -38,16 +38,17 @@ def api(rf_settings_env, data_dir):
         proc.stop()
 
 
-def fuzz(base: str, key: str, report: Path, max_time_s: int) -> dict:
-    argv = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", CHECKS,
-            "--header", f"Authorization: Bearer {key}", "--workers", "1", "--max-time", str(max_time_s),
+def fuzz(base: str, key: str | None, report: Path, max_time_s: int) -> dict:
+    auth = ["--header", f"Authorization: Bearer {key}"] if key else []
+    argv = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--checks", CHECKS, *auth,
+            "--workers", "1", "--max-time", str(max_time_s),
             "--request-timeout", "10", "--report", "json", "--report-json-path", str(report)]
     # Run in the report's folder: schemathesis keeps a cache folder in its working directory.
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=max_time_s + 120, cwd=report.parent)
     assert report.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(report.read_text())
     failures, errors = (len(v) if isinstance(v, list) else int(v) for v in (result["failures"], result["errors"]))
-    print(f"\nschemathesis ({key[:12]}…): {result['test_cases']['generated']} cases in "
+    print(f"\nschemathesis ({(key or 'no key')[:12]}…): {result['test_cases']['generated']} cases in "
           f"{result['running_time']:.0f} s, {result['operations']['tested']} operations, "
           f"{failures} failures, {errors} errors, seed {result['seed']}")
     # The whole output on failure: each failure comes with a curl line to reproduce it.
@@ -55,12 +56,14 @@ def fuzz(base: str, key: str, report: Path, max_time_s: int) -> dict:
     return result
 
 
-@pytest.mark.parametrize(("who", "max_time_s"), [("operator", 60), ("tenant", 30)])
+@pytest.mark.parametrize(("who", "max_time_s"), [("operator", 60), ("tenant", 30), ("anonymous", 10)])
 def test_every_response_is_documented_and_none_is_a_server_error(api, redis_client, tmp_path, who, max_time_s):
-    """As the operator (every scope) and as a tenant with the jobs scope only (the
-    admin routes answer 403, which must be documented too)."""
+    """As the operator (every scope), as a tenant with the jobs scope only (the admin
+    routes answer 403, which must be documented too) and without a key (401s)."""
     base, proc = api
-    key = OPERATOR_KEY if who == "operator" else create_api_key(redis_client, "fuzz-tenant", {Scope.jobs})
+    keys = {"operator": lambda: OPERATOR_KEY, "anonymous": lambda: None,
+            "tenant": lambda: create_api_key(redis_client, "fuzz-tenant", {Scope.jobs})}
+    key = keys[who]()
     result = fuzz(base, key, tmp_path / f"schemathesis-{who}.json", max_time_s)
     assert result["operations"]["tested"] >= 15
     assert result["test_cases"]["generated"] >= 100
