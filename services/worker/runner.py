@@ -171,7 +171,7 @@ def _run_attempt(store: JobStore, settings: Settings, kind: JobKind, job: Job, t
         def still_live() -> bool:
             if lease.lost.is_set():
                 return False
-            if not store.is_live_attempt(job_id, token):
+            if not _through_redis_restarts(store.is_live_attempt, job_id, token):
                 lease.lost.set()
                 return False
             return True
@@ -204,6 +204,8 @@ def _run_attempt(store: JobStore, settings: Settings, kind: JobKind, job: Job, t
         error = JobError(type=ErrorType.timeout, message=f"{kind.name} exceeded its time limit of {kind.soft_time_limit_s} s", retryable=True)
     except WorkloadError as exc:
         error = JobError(type=exc.error_type, message=str(exc), retryable=should_retry(kind.retry, exc.error_type, 0))
+    except redis.RedisError as exc:  # Redis restarting under the run: worth another attempt
+        error = JobError(type=ErrorType.transient, message=f"job store unavailable: {exc}", retryable=True)
     except Exception as exc:  # a bug or an unknown failure: a poison job, not retried
         log.exception("job %s failed", job_id)
         error = JobError(type=ErrorType.internal, message=f"{type(exc).__name__}: {exc}", retryable=False)
