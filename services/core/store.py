@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def _iso_now() -> str:
 
 def new_attempt_token(pid: int) -> str:
     """A run's token: the pool process id first, so the worker's main process can
-    recognise the run of a child it lost (see ``JobStore.run_of``)."""
+    recognise the run of a pool process it lost (``token_pid``)."""
     return f"{pid}.{uuid.uuid4().hex[:16]}"
 
 
@@ -615,8 +616,6 @@ class JobStore:
     def claim(self, job_id: str, worker: str, *, max_attempts: int, lease_s: float, pid: int | None = None) -> Claim:
         """A worker process takes a delivered job (see _CLAIM). On ``run`` the answer
         carries the attempt token that every later write of the run must name."""
-        import os
-
         now = _now()
         token = new_attempt_token(pid if pid is not None else os.getpid())
         reply = self._claim(

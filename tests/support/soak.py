@@ -26,7 +26,7 @@ from renderfarm.core.jobs import TERMINAL_STATUSES, JobStatus
 from renderfarm.core.queues import Priority, pool_queues
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import JobNotFound, JobStore
+from renderfarm.core.store import JobNotFound, JobStore, events_channel
 from tests.support.jobs import start_beat, submit
 from tests.support.media import make_clip
 from tests.support.procs import RedisServer, ServiceProcess, rf_env, start_worker
@@ -59,9 +59,11 @@ class Report:
     stuck: int  # jobs not terminal when the drain timed out
     runs: int
     interrupted_runs: int
-    recover_p50_s: float | None
+    recover_p50_s: float | None  # fault -> the job is requeued or taken over (its retry event)
     recover_p99_s: float | None
     recover_max_s: float | None
+    rerun_p50_s: float | None  # fault -> the next attempt starts (includes waiting in line behind other jobs)
+    rerun_p99_s: float | None
     elapsed_s: float
     notes: list[str] = field(default_factory=list)
 
@@ -83,7 +85,9 @@ class Report:
             f"lost            {self.lost}",
             f"stuck           {self.stuck}",
             f"time to recover p50 {fmt(self.recover_p50_s)}, p99 {fmt(self.recover_p99_s)}, max {fmt(self.recover_max_s)}"
-            " (fault -> next attempt starts)",
+            " (fault -> job requeued or taken over)",
+            f"time to rerun   p50 {fmt(self.rerun_p50_s)}, p99 {fmt(self.rerun_p99_s)}"
+            " (fault -> next attempt starts, includes the wait in line)",
             f"elapsed         {self.elapsed_s:.0f} s",
             *self.notes,
         ]
@@ -206,6 +210,37 @@ def _has_ffmpeg_child(proc: psutil.Process) -> bool:
         return False
 
 
+class EventRecorder(threading.Thread):
+    """Records every job event the store publishes (time, job id, status, stage), the
+    way an SSE client sees them; resubscribes after a Redis restart."""
+
+    def __init__(self, redis_url: str):
+        super().__init__(name="soak-events", daemon=True)
+        self.redis_url = redis_url
+        self.events: list[tuple[float, str, str, str]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        import json
+
+        pattern = events_channel("*")
+        while not self._stop.is_set():
+            try:
+                client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=2)
+                pubsub = client.pubsub()
+                pubsub.psubscribe(pattern)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message and message["type"] == "pmessage":
+                        data = json.loads(message["data"])
+                        self.events.append((time.time(), data["job_id"], data["status"], data.get("stage", "")))
+            except (redis.RedisError, OSError, ValueError):
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Pauser:
     """Pauses a queue and resumes it a little later (the API's pause/resume)."""
 
@@ -269,8 +304,11 @@ def run_soak(root: Path, config: SoakConfig, log=print) -> Report:
     farm = Farm(root, config)
     fault_log: list[tuple[float, str]] = []
     submitted: list[str] = []
+    recorder: EventRecorder | None = None
     try:
         farm.start()
+        recorder = EventRecorder(farm.redis_server.url)
+        recorder.start()
         clips = make_inputs(farm.data_dir / "inputs")
         store = farm.store()
         pauser = Pauser()
@@ -309,9 +347,13 @@ def run_soak(root: Path, config: SoakConfig, log=print) -> Report:
         farm.wait_for_restarts()
         _retry_redis(lambda: pauser.resume_due(store, everything=True))
         stuck = _drain(store, submitted, config.drain_timeout_s)
-        report = analyse(store, submitted, farm.ledger, fault_log, stuck, time.monotonic() - started)
+        recorder.stop()
+        report = analyse(store, submitted, farm.ledger, fault_log, stuck, time.monotonic() - started,
+                         events=recorder.events)
         return report
     finally:
+        if recorder is not None:
+            recorder.stop()
         farm.stop()
 
 
@@ -339,7 +381,7 @@ def _drain(store: JobStore, job_ids: list[str], timeout_s: float) -> set[str]:
 
 
 def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tuple[float, str]], stuck: set[str],
-            elapsed_s: float) -> Report:
+            elapsed_s: float, events: list[tuple[float, str, str, str]] = ()) -> Report:
     runs: dict[str, dict] = {}  # token -> {"job", "start", "done", "end"}
     for line in ledger.read_text().splitlines() if ledger.exists() else []:
         at, job_id, token, *event = line.split()
@@ -383,29 +425,44 @@ def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tupl
             duplicates += 1
             notes.append(f"job {job_id}: side effect ran {len(done)} times: {job_runs}")
 
-    # Time to recover: from the fault that interrupted a run to the next start of its job.
+    # An interrupted run: a "start" without an "end" (its process died). Its job's
+    # recovery is the first event after the run's last sign of life that requeues or
+    # takes over the job (retrying, failed, or a new claim's running/starting); it is
+    # measured from the first fault after that last sign of life (an upper bound).
     fault_times = sorted(at for at, _ in faults)
-    recoveries = []
+    events_by_job: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
+    for at, job_id, status, stage in events:
+        events_by_job[job_id].append((at, status, stage))
+    recoveries, reruns = [], []
     interrupted = 0
-    for job_runs in by_job.values():
+    for job_id, job_runs in by_job.items():
         ordered = sorted((r for r in job_runs if r["start"] is not None), key=lambda r: r["start"])
         for run, following in zip(ordered, ordered[1:] + [None]):
             if run["end"] is not None:
                 continue
             interrupted += 1
-            fault_at = next((t for t in fault_times if t >= run["start"]), None)
-            if following is not None and fault_at is not None and following["start"] >= fault_at:
-                recoveries.append(following["start"] - fault_at)
+            seen = [e for e in events_by_job.get(job_id, []) if e[0] >= run["start"]]
+            recovery = next((e for e in seen if e[1] in ("retrying", "failed")
+                             or (e[1] == "running" and e[2] == "starting" and e[0] > run["start"] + 0.05)), None)
+            if recovery is None:
+                continue
+            last_alive = max([run["start"]] + [e[0] for e in seen if e[0] < recovery[0]])
+            cause = next((t for t in fault_times if last_alive <= t <= recovery[0]), last_alive)
+            recoveries.append(recovery[0] - cause)
+            if following is not None and following["start"] >= cause:
+                reruns.append(following["start"] - cause)
     recoveries.sort()
+    reruns.sort()
 
-    def pct(p):
-        if not recoveries:
+    def pct(values, p):
+        if not values:
             return None
-        return recoveries[min(len(recoveries) - 1, math.ceil(p * len(recoveries)) - 1)]
+        return values[min(len(values) - 1, math.ceil(p * len(values)) - 1)]
 
     return Report(jobs=len(job_ids), by_status=dict(by_status), failed_by_error=dict(failed_by_error),
                   faults=dict(Counter(name for _, name in faults)), duplicates=duplicates, replays=replays,
                   double_commits=double_commits, lost=lost, stuck=len(stuck), runs=len(runs),
-                  interrupted_runs=interrupted, recover_p50_s=pct(0.5), recover_p99_s=pct(0.99),
-                  recover_max_s=recoveries[-1] if recoveries else None, elapsed_s=elapsed_s,
+                  interrupted_runs=interrupted, recover_p50_s=pct(recoveries, 0.5),
+                  recover_p99_s=pct(recoveries, 0.99), recover_max_s=recoveries[-1] if recoveries else None,
+                  rerun_p50_s=pct(reruns, 0.5), rerun_p99_s=pct(reruns, 0.99), elapsed_s=elapsed_s,
                   notes=notes[:20] + [f"stuck: {sorted(stuck)[:10]}"] * bool(stuck))
