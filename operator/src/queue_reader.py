@@ -28,7 +28,7 @@ import redis
 from renderfarm.core.metrics_store import OUTCOMES
 from renderfarm.core.queues import redis_list_keys
 from renderfarm.core.store import PAUSED, inflight_key
-from renderfarm.worker.identity import pod_of
+from renderfarm.core.workers import pod_of
 
 TERMINAL_OUTCOMES = frozenset({"succeeded", "failed", "cancelled"})
 

@@ -67,6 +67,7 @@ class ErrorType(StrEnum):
     invalid_media = "invalid_media"
     invalid_input = "invalid_input"
     timeout = "timeout"
+    worker_lost = "worker_lost"  # the run's process died or stopped renewing its lease
     transient = "transient"
     out_of_memory = "out_of_memory"
     cancelled = "cancelled"

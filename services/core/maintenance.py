@@ -1,15 +1,10 @@
-"""Maintenance decisions (pure): which jobs are orphaned, which waiting jobs age up."""
+"""Maintenance decisions (pure): which waiting jobs age up."""
 
 from __future__ import annotations
 
 import math
 
 from renderfarm.core.queues import PRIORITY_ORDER, Priority
-
-
-def orphaned_jobs(in_flight: dict[str, str], live_workers: set[str]) -> list[str]:
-    """Jobs recorded as running on a worker that no longer heart-beats."""
-    return sorted(job_id for job_id, worker in in_flight.items() if worker not in live_workers)
 
 
 def aged_priority(original: Priority | str, current: Priority | str, waited_s: float, aging_s: float) -> Priority | None:

@@ -70,6 +70,16 @@ def celery_message(
     return json.dumps(envelope)
 
 
+def message_enqueued(raw: str) -> tuple[str, float | None] | None:
+    """(task id, rf_enqueued_at) of a raw queue message, or None if it is not ours."""
+    try:
+        headers = json.loads(raw)["headers"]
+        enqueued = headers.get("rf_enqueued_at")
+        return headers["id"], float(enqueued) if enqueued is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def message_task_id(raw: str) -> str | None:
     """The task (= job) id in a raw queue message, or None if it is not ours."""
     try:

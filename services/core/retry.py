@@ -8,7 +8,7 @@ from renderfarm.core.jobs import ErrorType
 
 # Only these are worth another attempt; bad media or bad params fail the same way
 # every time and go straight to the dead-letter list.
-RETRYABLE_ERROR_TYPES = frozenset({ErrorType.transient, ErrorType.timeout, ErrorType.out_of_memory})
+RETRYABLE_ERROR_TYPES = frozenset({ErrorType.transient, ErrorType.timeout, ErrorType.out_of_memory, ErrorType.worker_lost})
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class RetryPolicy:
     base_delay_s: float = 2.0
     max_delay_s: float = 300.0
     jitter: float = 0.5  # fraction of the delay drawn at random, +/-
+
+
+def max_attempts(policy: RetryPolicy) -> int:
+    """Attempts a job gets between manual retries: the first plus its retries."""
+    return 1 + policy.max_retries
 
 
 def should_retry(policy: RetryPolicy, error_type: str, retries_done: int) -> bool:

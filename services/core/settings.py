@@ -64,8 +64,14 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = 5.0
     # Each worker serves /metrics here (0 = off); the chart sets it, tests pick a free port.
     worker_metrics_port: int = 0
-    # A job whose worker stopped heart-beating this long ago goes back to its queue.
+    # The lease of a running job: its run renews it several times a second; a job
+    # whose run has not renewed it for this long is retried (or failed, its attempts
+    # spent) by beat, or taken over by a redelivered message.
     orphan_after_s: float = 30.0
+    # Fault tests and the soak only: each run appends "start", "done" (workload
+    # finished, outputs published) and "end <outcome>" lines here, so runs can be
+    # counted from outside. Unset in production.
+    run_ledger: Path | None = None
 
     # GPU workloads (see renderfarm.worker.workloads)
     whisper_model: str = ""

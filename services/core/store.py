@@ -10,15 +10,25 @@ Key layout (all under ``rf:``):
   only these, and ``rf:tenant:<t>:status:<status>`` / ``rf:tenant:<t>:kind:<kind>``)
 - ``rf:idem:<tenant>:<key>``    string: "<job id> <body hash>" for Idempotency-Key
 - ``rf:deadletter``             list: ids of jobs that failed for good, newest first
-- ``rf:inflight:<queue>``       hash: job id -> pod (HOSTNAME) for jobs taken, not done
+- ``rf:inflight:<queue>``       hash: job id -> worker name for jobs taken, not done
+- ``rf:leases``                 zset: running job id -> when its run's lease lapses (epoch s)
 - ``rf:paused``                 set: paused queue names
 - ``rf:workers``                zset: worker name -> last heartbeat (epoch s)
 - ``rf:worker:<name>``          hash: a worker's pool, queues, pod, pid (expires)
 - ``rf:events:<id>``            pub/sub channel: progress events
 
-Every status change goes through one Lua script that checks the move against
-``jobs.allowed_sources`` and updates the hash and the indexes together, so no
-reader ever sees a job in two statuses or a half-written job.
+Every status change goes through one Lua call that checks the move against
+``jobs.allowed_sources`` (and, for a run's own writes, its attempt token), updates
+the hash, the indexes, in-flight, the lease and the delayed set, publishes the
+event and returns the new record: no reader ever sees a job in two statuses or a
+half-written job, and no caller can forget a step.
+
+Exactly once: a claim gives the run an attempt token (field ``attempt``) and a
+lease. Every later write of that run names the token, so a run that was replaced
+(its lease lapsed, it was cancelled and retried) can no longer write anything.
+Internal fields (never in the API's Job): ``attempt``, ``last_attempt``,
+``budget_base`` (attempts before the last manual retry), ``queue_message``,
+``body_hash``, ``webhook_attempts``.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +46,7 @@ from typing import Any, Iterable
 import redis
 
 from renderfarm.core import queues as queue_names
+from renderfarm.core.messages import message_enqueued
 from renderfarm.core.jobs import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -53,7 +65,9 @@ PAUSED = f"{PREFIX}paused"
 WORKERS = f"{PREFIX}workers"
 DELAYED = f"{PREFIX}delayed"
 BEAT_HEARTBEAT = f"{PREFIX}beat"
-WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due  # set by the maintenance loop, with a TTL
+WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due
+LEASES = f"{PREFIX}leases"
+INFLIGHT_PREFIX = f"{PREFIX}inflight:"
 _INDEX_PREFIX = f"{PREFIX}jobs:"
 _TENANT_PREFIX = f"{PREFIX}tenant:"
 
@@ -87,7 +101,7 @@ def idempotency_key(tenant: str, key: str) -> str:
 
 
 def inflight_key(queue: str) -> str:
-    return f"{PREFIX}inflight:{queue}"
+    return f"{INFLIGHT_PREFIX}{queue}"
 
 
 def worker_key(name: str) -> str:
@@ -113,6 +127,21 @@ def _now() -> float:
 
 def _score(ts: float) -> int:
     return int(ts * 1_000_000)
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_attempt_token(pid: int) -> str:
+    """A run's token: the pool process id first, so the worker's main process can
+    recognise the run of a pool process it lost (``token_pid``)."""
+    return f"{pid}.{uuid.uuid4().hex[:16]}"
+
+
+def token_pid(token: str) -> int | None:
+    head, _, _ = token.partition(".")
+    return int(head) if head.isdigit() else None
 
 
 # --- encoding (pure) ---------------------------------------------------------
@@ -152,121 +181,250 @@ def decode_job(raw: dict[str, str]) -> Job:
         data["labels"] = {}
     if data.get("params") is None:
         data["params"] = {}
-    for internal in ("body_hash", "queue_message", "webhook_attempts"):
+    for internal in _INTERNAL_FIELDS:
         data.pop(internal, None)
     return Job.model_validate(data)
 
 
+_INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base")
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2]))
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A job with what only the worker side needs: the live attempt's token and the budget's start."""
+
+    job: Job
+    token: str
+    budget_base: int
+
+    @property
+    def retries_done(self) -> int:
+        """Attempts since the last manual retry, less the first one."""
+        return max(0, self.job.attempts - self.budget_base - 1)
+
+
+def decode_run(raw: dict[str, str]) -> RunState:
+    return RunState(job=decode_job(raw), token=raw.get("attempt", ""), budget_base=int(raw.get("budget_base") or 0))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim's answer. ``run``: this process runs attempt ``token``; ``busy``: another
+    run holds a live lease; ``lost``: the last run's lease lapsed with the attempt budget
+    spent (the caller fails the job); ``skip``: nothing to run (why in ``detail``)."""
+
+    outcome: str
+    detail: str = ""
+    token: str = ""
+    state: RunState | None = None
+
+
 # --- Lua scripts ---------------------------------------------------------------
 
-# KEYS: job, queue list, idem key ('' for none)
-# ARGV: id, idem value, idem ttl, message, score, kind, field/value pairs...
-_SUBMIT = """
+# Status index keys are passed in this order after the fixed KEYS of each script.
+_STATUS_ORDER = tuple(JobStatus)
+_STATUS_LUA = """
+local function status_key(status, first)
+  local order = {%s}
+  for i, name in ipairs(order) do
+    if name == status then return KEYS[first + i - 1] end
+  end
+  return nil
+end
+
+-- A job's tenant indexes: the prefix is the one _TENANT_PREFIX, the tenant is on the record.
+local function tenant_index(job_key, suffix)
+  return '%s' .. (redis.call('HGET', job_key, 'tenant') or '') .. ':' .. suffix
+end
+
+local function move_tenant_status(job_key, id, from, to, score)
+  redis.call('ZREM', tenant_index(job_key, 'status:' .. from), id)
+  redis.call('ZADD', tenant_index(job_key, 'status:' .. to), score, id)
+end
+""" % (", ".join(f"'{status.value}'" for status in _STATUS_ORDER), _TENANT_PREFIX)
+
+# Builds the SSE event for a status change from the record, after the change.
+_EVENT_LUA = """
+local function publish_event(job_key, channel, id, at)
+  local row = redis.call('HMGET', job_key, 'status', 'progress', 'stage', 'message')
+  redis.call('PUBLISH', channel, cjson.encode({job_id = id, status = row[1], progress = tonumber(row[2]) or 0,
+                                               stage = row[3] or '', message = row[4] or '', at = at}))
+end
+"""
+
+# KEYS: job, queue list, idem key ('' for none), all index, kind index, status indexes...
+# ARGV: id, idem value, idem ttl, message, score, field/value pairs...
+_SUBMIT = _STATUS_LUA + """
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {'exists', existing} end
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', 'rf:jobs:all', ARGV[5], ARGV[1])
-redis.call('ZADD', 'rf:jobs:status:queued', ARGV[5], ARGV[1])
-redis.call('ZADD', 'rf:jobs:kind:' .. ARGV[6], ARGV[5], ARGV[1])
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-redis.call('ZADD', 'rf:tenant:' .. tenant .. ':jobs', ARGV[5], ARGV[1])
-redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:queued', ARGV[5], ARGV[1])
-redis.call('ZADD', 'rf:tenant:' .. tenant .. ':kind:' .. ARGV[6], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('ZADD', status_key('queued', 6), ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+local kind = redis.call('HGET', KEYS[1], 'kind')
+redis.call('ZADD', tenant_index(KEYS[1], 'jobs'), ARGV[5], ARGV[1])
+redis.call('ZADD', tenant_index(KEYS[1], 'status:queued'), ARGV[5], ARGV[1])
+redis.call('ZADD', tenant_index(KEYS[1], 'kind:' .. kind), ARGV[5], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3])) end
 return {'created', ''}
 """
 
-# KEYS: job
-# ARGV: id, target, allowed sources (",a,b,"), ttl (0 = keep), deadletter (0/1),
-#       message to push ('' = none), queue list key for it, field/value pairs...
-_TRANSITION = """
+# The one status change. Checks the move (and, when a token is given, that it is the
+# live attempt's; when ``lapsed_before`` is given, that the lease lapsed before it),
+# then moves indexes, in-flight, lease, delayed entry and dead-letter together,
+# publishes the event and returns the new record.
+# KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...
+# ARGV: 1 id, 2 target, 3 allowed sources (",a,b,"), 4 ttl (0 = keep), 5 deadletter (0/1),
+#       6 message to queue ('' = none), 7 due time for it ('' = push now), 8 token ('' = any),
+#       9 lapsed_before ('' = no lease check), 10 in-flight key prefix, 11 event time (ISO),
+#       12 now (epoch s), 13.. field/value pairs
+_TRANSITION = _STATUS_LUA + _EVENT_LUA + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
 if not string.find(ARGV[3], ',' .. current .. ',', 1, true) then return {'conflict', current} end
-local fields = {'status', ARGV[2]}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-local score = redis.call('ZSCORE', 'rf:jobs:all', ARGV[1]) or 0
-redis.call('ZREM', 'rf:jobs:status:' .. current, ARGV[1])
-redis.call('ZADD', 'rf:jobs:status:' .. ARGV[2], score, ARGV[1])
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then
-  redis.call('ZREM', 'rf:tenant:' .. tenant .. ':status:' .. current, ARGV[1])
-  redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:' .. ARGV[2], score, ARGV[1])
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[8] then return {'stale', current} end
+if ARGV[9] ~= '' then
+  local lease = redis.call('ZSCORE', KEYS[6], ARGV[1])
+  if lease and tonumber(lease) > tonumber(ARGV[9]) then return {'alive', current} end
 end
+local fields = {'status', ARGV[2]}
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0
+redis.call('ZREM', status_key(current, 8), ARGV[1])
+redis.call('ZADD', status_key(ARGV[2], 8), score, ARGV[1])
+move_tenant_status(KEYS[1], ARGV[1], current, ARGV[2], score)
 local queue = redis.call('HGET', KEYS[1], 'queue')
-if ARGV[2] ~= 'running' and queue then redis.call('HDEL', 'rf:inflight:' .. queue, ARGV[1]) end
+if ARGV[2] ~= 'running' then
+  if queue then redis.call('HDEL', ARGV[10] .. queue, ARGV[1]) end
+  redis.call('ZREM', KEYS[6], ARGV[1])
+  local token = redis.call('HGET', KEYS[1], 'attempt')
+  if token and token ~= '' then redis.call('HSET', KEYS[1], 'last_attempt', token) end
+  redis.call('HDEL', KEYS[1], 'attempt')
+end
 if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
   local hook = redis.call('HGET', KEYS[1], 'webhook_url')
   if hook and hook ~= '' then
-    local now = redis.call('TIME')
-    redis.call('ZADD', 'rf:webhooks', now[1], ARGV[1])
+    redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
     redis.call('HSET', KEYS[1], 'webhook_attempts', '0')
   end
 else
   redis.call('PERSIST', KEYS[1])
 end
-if ARGV[5] == '1' then redis.call('LPUSH', 'rf:deadletter', ARGV[1]) end
-if ARGV[2] == 'queued' then redis.call('LREM', 'rf:deadletter', 0, ARGV[1]) end
+if ARGV[5] == '1' then redis.call('LPUSH', KEYS[3], ARGV[1]) end
+if ARGV[2] == 'queued' then
+  -- A manual retry: out of the dead-letter list, and a fresh retry budget.
+  redis.call('LREM', KEYS[3], 0, ARGV[1])
+  redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0')
+end
 if ARGV[2] == 'cancelled' and current == 'queued' and queue then
   local waiting = redis.call('HGET', KEYS[1], 'queue_message')
   if waiting then redis.call('LREM', queue, 1, waiting) end
 end
-if ARGV[2] == 'cancelled' then redis.call('ZREM', 'rf:delayed', ARGV[1]) end
+if ARGV[2] ~= 'retrying' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 if ARGV[6] ~= '' then
-  redis.call('LPUSH', ARGV[7], ARGV[6])
   redis.call('HSET', KEYS[1], 'queue_message', ARGV[6])
+  if ARGV[7] ~= '' then
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+  else
+    redis.call('LPUSH', queue, ARGV[6])
+  end
 end
-return {'ok', current}
+publish_event(KEYS[1], KEYS[7], ARGV[1], ARGV[11])
+return {'ok', current, redis.call('HGETALL', KEYS[1])}
 """
 
-# A worker takes a delivered job. Returns {'run', attempts} or {'skip', status}.
-# A job already "running" is taken over only when its recorded worker is gone
-# (no heartbeat) or is this very pod: a redelivered message never runs a job twice.
-# KEYS: job  ARGV: id, pod, now
-_CLAIM = """
+# A worker takes a delivered job. A queued or retrying job starts a new attempt. A
+# running job is taken over only when its run's lease has lapsed (the run is gone),
+# never while it lives - not by another pod, not by another process of the same pod -
+# and only within the attempt budget.
+# KEYS: job, all index, leases, delayed, events channel, status indexes...
+# ARGV: 1 id, 2 worker, 3 now (epoch s), 4 new token, 5 lease until, 6 max attempts,
+#       7 in-flight key prefix, 8 event time (ISO)
+_CLAIM = _STATUS_LUA + _EVENT_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'skip', 'missing'} end
 if status == 'running' then
-  local owner = redis.call('HGET', KEYS[1], 'worker')
-  if owner and owner ~= '' and owner ~= ARGV[2] and redis.call('EXISTS', 'rf:worker:' .. owner) == 1 then
-    return {'skip', 'running-elsewhere'}
+  local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if lease and tonumber(lease) > tonumber(ARGV[3]) then return {'busy', lease} end
+  local used = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') - tonumber(redis.call('HGET', KEYS[1], 'budget_base') or '0')
+  if used >= tonumber(ARGV[6]) then
+    return {'lost', redis.call('HGET', KEYS[1], 'attempt') or '', redis.call('HGETALL', KEYS[1])}
   end
 elseif status ~= 'queued' and status ~= 'retrying' then
   return {'skip', status}
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_at', ARGV[3], 'stage', 'starting')
-redis.call('HDEL', KEYS[1], 'queue_message')
-local score = redis.call('ZSCORE', 'rf:jobs:all', ARGV[1]) or 0
-redis.call('ZREM', 'rf:jobs:status:' .. status, ARGV[1])
-redis.call('ZADD', 'rf:jobs:status:running', score, ARGV[1])
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then
-  redis.call('ZREM', 'rf:tenant:' .. tenant .. ':status:' .. status, ARGV[1])
-  redis.call('ZADD', 'rf:tenant:' .. tenant .. ':status:running', score, ARGV[1])
-end
 local queue = redis.call('HGET', KEYS[1], 'queue')
-redis.call('HSET', 'rf:inflight:' .. queue, ARGV[1], ARGV[2])
-return {'run', tostring(attempts)}
+local previous = redis.call('HGET', KEYS[1], 'worker')
+if status == 'running' and queue and previous then redis.call('HDEL', ARGV[7] .. queue, ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_at', ARGV[3], 'stage', 'starting',
+           'progress', '0', 'attempt', ARGV[4])
+redis.call('HDEL', KEYS[1], 'queue_message')
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0
+redis.call('ZREM', status_key(status, 6), ARGV[1])
+redis.call('ZADD', status_key('running', 6), score, ARGV[1])
+move_tenant_status(KEYS[1], ARGV[1], status, 'running', score)
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HSET', ARGV[7] .. queue, ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+publish_event(KEYS[1], KEYS[5], ARGV[1], ARGV[8])
+return {'run', status, redis.call('HGETALL', KEYS[1])}
+"""
+
+# The run renews its lease; 0 tells it that it is no longer the live attempt (cancelled,
+# retried, taken over): it must stop.
+# KEYS: job, leases  ARGV: id, token, lease until
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Progress of the live attempt only.
+# KEYS: job, events channel  ARGV: token, progress, stage, message, event json
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'stage', ARGV[3], 'message', ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[5])
+return 1
+"""
+
+# A cancelled run acknowledges the cancel, only if no later attempt exists.
+# KEYS: job, events channel  ARGV: id, token, event time
+_ACK_CANCEL = _EVENT_LUA + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' or redis.call('HGET', KEYS[1], 'last_attempt') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'stage', 'cancelled')
+publish_event(KEYS[1], KEYS[2], ARGV[1], ARGV[3])
+return 1
 """
 
 
 # Move due retries (zset rf:delayed, score = due time) onto their queues. Atomic, so
 # every worker and beat may run it without pushing a job twice.
-# ARGV: now, max count
+# KEYS: delayed  ARGV: now, max count, job key prefix
 _PROMOTE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', 'rf:delayed', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local moved = 0
 for _, id in ipairs(due) do
-  redis.call('ZREM', 'rf:delayed', id)
-  local key = 'rf:job:' .. id
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[3] .. id
   local message = redis.call('HGET', key, 'queue_message')
   local queue = redis.call('HGET', key, 'queue')
   if message and queue and redis.call('HGET', key, 'status') == 'retrying' then
@@ -279,20 +437,50 @@ return moved
 
 
 # Move a run of a queue's oldest messages to another queue if they are still the
-# oldest (compare-and-move), keeping their order: the oldest ends up where the
-# consumer pops next. Records each job's new queue.
-# KEYS: source, destination  ARGV: n, n messages oldest first, n job ids in the same order
+# oldest (compare-and-move), and record each job's new queue. Each message goes in by
+# the time it was first queued, walking in from the consume end (kombu pops from the
+# right): jobs aged in an earlier pass, being older, stay ahead of those aged later,
+# and an aged job goes ahead of every younger job of its new queue. Nothing moves into
+# a paused queue: the pause holds what it holds, not more.
+# KEYS: source, destination, paused set
+# ARGV: n, n messages oldest first, n job ids, n enqueue times (same order), job key prefix, scan limit
 _MOVE_TAIL = """
 local n = tonumber(ARGV[1])
+if redis.call('SISMEMBER', KEYS[3], KEYS[2]) == 1 then return 0 end
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
 if #tail ~= n then return 0 end
 for i = 1, n do
   if tail[n - i + 1] ~= ARGV[1 + i] then return 0 end
 end
-for i = n, 1, -1 do redis.call('RPUSH', KEYS[2], ARGV[1 + i]) end
 redis.call('LTRIM', KEYS[1], 0, -n - 1)
+local prefix, limit = ARGV[2 + 3 * n], tonumber(ARGV[3 + 3 * n])
 for i = 1, n do
-  local key = 'rf:job:' .. ARGV[1 + n + i]
+  local message, queued_at = ARGV[1 + i], tonumber(ARGV[1 + 2 * n + i])
+  local length = redis.call('LLEN', KEYS[2])
+  local placed = false
+  local last_older = nil
+  local index = -1
+  while -index <= length and -index <= limit do
+    local other = redis.call('LINDEX', KEYS[2], index)
+    local ok, decoded = pcall(cjson.decode, other)
+    local other_at = ok and type(decoded) == 'table' and type(decoded.headers) == 'table'
+                     and tonumber(decoded.headers.rf_enqueued_at) or nil
+    if other_at == nil or other_at > queued_at then
+      redis.call('LINSERT', KEYS[2], 'AFTER', other, message)
+      placed = true
+      break
+    end
+    last_older = other
+    index = index - 1
+  end
+  if not placed then
+    if last_older and -index <= length then
+      redis.call('LINSERT', KEYS[2], 'BEFORE', last_older, message)
+    else
+      redis.call('LPUSH', KEYS[2], message)
+    end
+  end
+  local key = prefix .. ARGV[1 + n + i]
   if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'queue', KEYS[2]) end
 end
 return n
@@ -344,6 +532,18 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise ValueError("invalid cursor") from None
 
 
+class StaleAttempt(RuntimeError):
+    """A write by a run that is no longer the job's live attempt."""
+
+    def __init__(self, job_id: str, current: str):
+        super().__init__(f"job {job_id}: this run is no longer its live attempt (job is {current})")
+        self.current = current
+
+
+class LeaseAlive(RuntimeError):
+    """Recovery found the run's lease renewed meanwhile: the run is alive."""
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, *, retention_seconds: int = 7 * 24 * 3600):
         self.redis = client
@@ -351,8 +551,13 @@ class JobStore:
         self._submit = client.register_script(_SUBMIT)
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._progress = client.register_script(_PROGRESS)
+        self._ack_cancel = client.register_script(_ACK_CANCEL)
         self._promote_due = client.register_script(_PROMOTE_DUE)
         self._move_tail = client.register_script(_MOVE_TAIL)
+
+    _STATUS_KEYS = [status_index(status) for status in _STATUS_ORDER]
 
     # -- writes -------------------------------------------------------------
 
@@ -368,9 +573,9 @@ class JobStore:
         fields["queue_message"] = message
         flat = [item for pair in fields.items() for item in pair]
         outcome, existing = self._submit(
-            keys=[job_key(job.id), job.queue, idem],
+            keys=[job_key(job.id), job.queue, idem, INDEX_ALL, kind_index(job.kind), *self._STATUS_KEYS],
             args=[job.id, f"{job.id} {body_hash}", self.retention_seconds, message,
-                  _score(job.created_at.timestamp()), job.kind, *flat],
+                  _score(job.created_at.timestamp()), *flat],
         )
         if outcome == "created":
             return job, True
@@ -389,47 +594,110 @@ class JobStore:
         dead_letter: bool = False,
         requeue_message: str | None = None,
         requeue_queue: str | None = None,
-    ) -> JobStatus:
-        """Move a job to ``target`` if the state machine allows it; returns the previous status."""
+        due_at: float | None = None,
+        token: str | None = None,
+        lapsed_before: float | None = None,
+    ) -> Job:
+        """Move a job to ``target`` if the state machine allows it, in one atomic call
+        that also moves indexes, in-flight, lease and delayed entries and publishes the
+        event; returns the new record.
+
+        ``token``: only if that attempt is still the live one (a run's own writes);
+        raises StaleAttempt otherwise. ``requeue_message``: queue it now, or at
+        ``due_at`` through the delayed set. ``lapsed_before``: only if the run's lease
+        lapsed before then (recovery); raises LeaseAlive otherwise.
+        ``requeue_queue`` is accepted for callers that name it; the job's own queue
+        (aging may have moved it) is where the message goes.
+        """
+        del requeue_queue
         target = JobStatus(target)
         sources = ",".join(s.value for s in allowed_sources(target))
         ttl = self.retention_seconds if target in TERMINAL_STATUSES else 0
         encoded = encode_fields(fields or {})
         flat = [item for pair in encoded.items() for item in pair]
-        outcome, current = self._transition(
-            keys=[job_key(job_id)],
+        now = _now()
+        reply = self._transition(
+            keys=[job_key(job_id), INDEX_ALL, DEADLETTER, DELAYED, WEBHOOKS, LEASES, events_channel(job_id),
+                  *self._STATUS_KEYS],
             args=[job_id, target.value, f",{sources},", ttl, "1" if dead_letter else "0",
-                  requeue_message or "", requeue_queue or "", *flat],
+                  requeue_message or "", "" if due_at is None else repr(due_at), token or "",
+                  "" if lapsed_before is None else repr(lapsed_before), INFLIGHT_PREFIX, _iso_now(), repr(now),
+                  *flat],
         )
+        outcome, current = reply[0], reply[1]
         if outcome == "missing":
             raise JobNotFound(job_id)
         if outcome == "conflict":
             raise TransitionConflict(job_id, current, target.value)
-        return JobStatus(current)
+        if outcome == "stale":
+            raise StaleAttempt(job_id, current)
+        if outcome == "alive":
+            raise LeaseAlive(job_id)
+        return decode_job(_pairs(reply[2]))
 
-    def schedule_retry(self, job_id: str, message: str, delay_s: float, fields: dict[str, Any]) -> None:
-        """running -> retrying; the message waits in rf:delayed until due."""
-        self.transition(job_id, JobStatus.retrying, fields=fields | {"queue_message": message})
-        self.redis.zadd(DELAYED, {job_id: _now() + delay_s})
+    def schedule_retry(self, job_id: str, token: str | None, message: str, delay_s: float,
+                       fields: dict[str, Any]) -> Job:
+        """running -> retrying and the message waiting in rf:delayed until due: one atomic call."""
+        return self.transition(job_id, JobStatus.retrying, fields=fields, requeue_message=message,
+                               due_at=_now() + delay_s, token=token)
 
     def promote_due_retries(self, limit: int = 100) -> int:
-        return int(self._promote_due(args=[repr(_now()), limit]))
+        return int(self._promote_due(keys=[DELAYED], args=[repr(_now()), limit, job_key("")]))
 
-    def claim(self, job_id: str, pod: str) -> tuple[bool, str]:
-        """A worker takes a delivered job: (True, attempts) to run it, (False, why) to skip."""
-        outcome, detail = self._claim(keys=[job_key(job_id)], args=[job_id, pod, repr(_now())])
-        return outcome == "run", detail
+    def claim(self, job_id: str, worker: str, *, max_attempts: int, lease_s: float, pid: int | None = None) -> Claim:
+        """A worker process takes a delivered job (see _CLAIM). On ``run`` the answer
+        carries the attempt token that every later write of the run must name."""
+        now = _now()
+        token = new_attempt_token(pid if pid is not None else os.getpid())
+        reply = self._claim(
+            keys=[job_key(job_id), INDEX_ALL, LEASES, DELAYED, events_channel(job_id), *self._STATUS_KEYS],
+            args=[job_id, worker, repr(now), token, repr(now + lease_s), max_attempts, INFLIGHT_PREFIX, _iso_now()],
+        )
+        outcome = reply[0]
+        if outcome == "run":
+            return Claim("run", reply[1], token, decode_run(_pairs(reply[2])))
+        if outcome == "lost":
+            return Claim("lost", "lease lapsed, attempts spent", reply[1], decode_run(_pairs(reply[2])))
+        return Claim(outcome, reply[1])
 
-    def record_progress(self, job_id: str, status: JobStatus, progress: float, stage: str = "", message: str = "") -> None:
-        event = ProgressEvent(job_id=job_id, status=status, progress=round(progress, 2), stage=stage,
+    def renew_lease(self, job_id: str, token: str, lease_s: float) -> bool:
+        """Extend the live attempt's lease; False: this run is no longer the live attempt."""
+        return bool(self._renew(keys=[job_key(job_id), LEASES], args=[job_id, token, repr(_now() + lease_s)]))
+
+    def record_progress(self, job_id: str, token: str, progress: float, stage: str = "", message: str = "") -> bool:
+        """Progress of the live attempt; False (nothing written) for a stale run."""
+        event = ProgressEvent(job_id=job_id, status=JobStatus.running, progress=round(progress, 2), stage=stage,
                               message=message, at=datetime.now(timezone.utc))
+        return bool(self._progress(keys=[job_key(job_id), events_channel(job_id)],
+                                   args=[token, str(event.progress), stage, message, event.model_dump_json()]))
+
+    def acknowledge_cancel(self, job_id: str, token: str) -> bool:
+        """A cancelled run says it stopped; False when a later attempt exists (cancel, then retry)."""
+        return bool(self._ack_cancel(keys=[job_key(job_id), events_channel(job_id)], args=[job_id, token, _iso_now()]))
+
+    def is_live_attempt(self, job_id: str, token: str) -> bool:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(job_key(job_id), mapping={"progress": str(event.progress), "stage": stage, "message": message})
-        pipe.publish(events_channel(job_id), event.model_dump_json())
-        pipe.execute()
+        pipe.hget(job_key(job_id), "attempt")
+        pipe.hget(job_key(job_id), "status")
+        attempt, status = pipe.execute()
+        return attempt == token and status == JobStatus.running.value
+
+    def run_state(self, job_id: str) -> RunState:
+        raw = self.redis.hgetall(job_key(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return decode_run(raw)
+
+    def lapsed_leases(self, now: float | None = None, limit: int = 500) -> list[str]:
+        """Running jobs whose run stopped renewing its lease (oldest lapse first)."""
+        return self.redis.zrangebyscore(LEASES, "-inf", repr(now if now is not None else _now()), start=0, num=limit)
+
+    def drop_lease(self, job_id: str) -> None:
+        """Forget a lease entry whose job is no longer running (it expired or was rewritten)."""
+        self.redis.zrem(LEASES, job_id)
 
     def publish_status(self, job: Job) -> None:
-        """Tell SSE listeners about a status change (the job record is already written)."""
+        """Tell SSE listeners about a job's state; status changes publish their own event."""
         event = ProgressEvent(job_id=job.id, status=job.status, progress=job.progress, stage=job.stage,
                               message=job.message, at=datetime.now(timezone.utc))
         self.redis.publish(events_channel(job.id), event.model_dump_json())
@@ -607,12 +875,13 @@ class JobStore:
     def oldest_message(self, queue: str) -> str | None:
         return self.redis.lindex(queue, -1)
 
-    def move_oldest(self, source: str, destination: str, messages: list[str], job_ids: list[str]) -> int:
-        """Move ``messages`` (the queue's oldest, oldest first) if unchanged; returns how many moved."""
-        return int(self._move_tail(keys=[source, destination], args=[len(messages), *messages, *job_ids]))
-
-    def live_workers(self) -> set[str]:
-        return {info["name"] for info in self.workers()}
+    def move_oldest(self, source: str, destination: str, messages: list[str], job_ids: list[str],
+                    queued_at: list[float], scan_limit: int = 1000) -> int:
+        """Move ``messages`` (the queue's oldest, oldest first) if unchanged and the
+        destination is not paused; returns how many moved."""
+        return int(self._move_tail(keys=[source, destination, PAUSED],
+                                   args=[len(messages), *messages, *job_ids, *map(repr, queued_at),
+                                         job_key(""), scan_limit]))
 
     def purge_expired_index_entries(self, batch: int = 500) -> int:
         """Drop index entries whose job record has expired (retention). Returns how many."""
@@ -642,14 +911,10 @@ class JobStore:
 
 
 def _message_age_s(raw: str | None) -> float | None:
-    if not raw:
+    parsed = message_enqueued(raw) if raw else None
+    if parsed is None or parsed[1] is None:
         return None
-    try:
-        headers = json.loads(raw)["headers"]
-        enqueued = headers.get("rf_enqueued_at")
-        return max(0.0, _now() - float(enqueued)) if enqueued else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    return max(0.0, _now() - parsed[1])
 
 
 __all__ = [
@@ -657,6 +922,10 @@ __all__ = [
     "JobStore",
     "JobNotFound",
     "TransitionConflict",
+    "StaleAttempt",
+    "LeaseAlive",
+    "Claim",
+    "RunState",
     "IdempotencyConflict",
     "Page",
     "QueueStats",

@@ -1,7 +1,8 @@
 """``python -m renderfarm.worker.beat``: the farm's maintenance loop (one per farm).
 
 - due retries go back on their queues (every second; workers do this too);
-- jobs whose worker stopped heart-beating go back on their queues;
+- running jobs whose run stopped renewing its lease go back on their queues
+  (or fail, their attempts spent);
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
 - index entries of jobs past their retention are removed;
 - webhooks of finished jobs are delivered, signed, with retries, by a sender
@@ -10,56 +11,53 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 
-from renderfarm.core.jobs import JobStatus
-from renderfarm.core.kinds import get_kind
-from renderfarm.core.maintenance import aged_priority, orphaned_jobs
+from renderfarm.core.jobs import ErrorType, JobStatus
+from renderfarm.core.maintenance import aged_priority
+from renderfarm.core.messages import message_enqueued
 from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, queue_name
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
-from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, TransitionConflict, inflight_key, job_key
-from renderfarm.core.submit import job_message
+from renderfarm.core.recovery import end_lost_run
+from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, job_key
 from renderfarm.worker.webhooks import WebhookSender
 
 log = logging.getLogger("renderfarm.beat")
 
 
 def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
-    live = store.live_workers()
+    """Requeue (or, with the attempt budget spent, fail) running jobs whose run stopped
+    renewing its lease. The lease belongs to the run, not to the worker: a worker that
+    restarted under the same name, or that is still draining after SIGTERM, changes
+    nothing here. Each move names the lost attempt and re-checks the lease, so a run
+    that renewed meanwhile keeps its job; the move publishes its event."""
+    del settings  # the lease length is the run's setting (RF_ORPHAN_AFTER_S)
+    now = time.time()
     recovered = []
-    for workload in WorkloadClass:
-        for priority in PRIORITY_ORDER:
-            queue = queue_name(workload, priority)
-            for job_id in orphaned_jobs(store.in_flight(queue), live):
-                try:
-                    job = store.get(job_id)
-                except KeyError:
-                    store.redis.hdel(inflight_key(queue), job_id)
-                    continue
-                seen = job.started_at.timestamp() if job.started_at else 0
-                if time.time() - seen < settings.orphan_after_s:
-                    continue  # just claimed; its worker's first heartbeat may be on the way
-                try:
-                    store.transition(job_id, JobStatus.retrying,
-                                     fields={"stage": "requeued", "message": f"worker {job.worker} was lost; job requeued"},
-                                     requeue_message=job_message(get_kind(job.kind), job), requeue_queue=job.queue)
-                    recovered.append(job_id)
-                    log.warning("job %s requeued: worker %s lost", job_id, job.worker)
-                except TransitionConflict:
-                    store.redis.hdel(inflight_key(queue), job_id)
+    for job_id in store.lapsed_leases(now):
+        try:
+            state = store.run_state(job_id)
+        except KeyError:
+            continue
+        if state.job.status != JobStatus.running:
+            continue
+        updated = end_lost_run(store, state, ErrorType.worker_lost,
+                               f"the run on {state.job.worker} stopped renewing its lease", lapsed_before=now)
+        if updated is not None:
+            recovered.append(job_id)
     return recovered
 
 
 def age_waiting_jobs(store: JobStore, settings: Settings, batch: int = 100, max_moves: int = 1000) -> int:
     """Move waiting jobs up a priority for each ``RF_AGING_SECONDS`` they waited.
 
-    Works from each queue's oldest end in runs that share a target queue, so aged
-    jobs keep their order (oldest first) in the queue they move to."""
+    Works from each queue's oldest end in runs that share a target queue. The move
+    places each job by the time it was queued (see store._MOVE_TAIL), so jobs aged in
+    different passes keep their order (oldest first), and never into a paused queue."""
     moved = 0
     now = time.time()
     paused = store.paused_queues()
@@ -70,24 +68,25 @@ def age_waiting_jobs(store: JobStore, settings: Settings, batch: int = 100, max_
                 continue  # a pause holds its jobs; aging must not carry them around it
             while moved < max_moves:
                 tail = store.redis.lrange(source, -batch, -1)  # newest .. oldest
-                run: list[tuple[str, str]] = []
+                run: list[tuple[str, str, float]] = []
                 target = None
                 for raw in reversed(tail):
-                    try:
-                        headers = json.loads(raw)["headers"]
-                        job_id, enqueued = headers["id"], float(headers.get("rf_enqueued_at") or now)
-                    except (ValueError, KeyError, TypeError):
+                    parsed = message_enqueued(raw)
+                    if parsed is None:
                         break
+                    job_id, enqueued = parsed[0], parsed[1] or now
                     original = store.redis.hget(job_key(job_id), "priority") or priority.value
                     aged = aged_priority(original, priority, now - enqueued, settings.aging_seconds)
                     if aged is None or (target is not None and aged != target):
                         break
+                    if queue_name(workload, aged) in paused:
+                        break  # nor into a paused queue: the job waits where it is, still consumed
                     target = aged
-                    run.append((raw, job_id))
+                    run.append((raw, job_id, enqueued))
                 if not run or target is None:
                     break
-                count = store.move_oldest(source, queue_name(workload, target), [raw for raw, _ in run],
-                                          [job_id for _, job_id in run])
+                count = store.move_oldest(source, queue_name(workload, target), [raw for raw, _, _ in run],
+                                          [job_id for _, job_id, _ in run], [at for _, _, at in run])
                 if not count:
                     break  # the queue changed under us; the next pass tries again
                 moved += count

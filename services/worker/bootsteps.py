@@ -4,7 +4,9 @@
   in strict priority order. The paused set lives in Redis, so a worker started
   after a pause honours it too.
 - Heartbeat: the worker's name, pod, pool and queues, with a TTL; the API lists
-  workers from it and the job store uses it to tell a live owner from a dead one.
+  workers from it. Whether a job's run is alive is not read from here: each run
+  renews a lease of its own (runner.Lease), which outlives these timers at warm
+  shutdown.
 - Due retries: move retries whose backoff has passed back onto their queues.
 """
 

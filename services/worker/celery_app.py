@@ -60,7 +60,7 @@ def _register_tasks(app: Celery) -> None:
         def run(self, job_id: str, _kind=kind.name) -> None:
             from renderfarm.worker.runner import run_job
 
-            run_job(self, job_id)
+            run_job(self, job_id, _kind)
 
         app.task(
             name=kind.task_name,
@@ -70,6 +70,8 @@ def _register_tasks(app: Celery) -> None:
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,
+            # The main process records runs it lost (killed pool process, hard time limit).
+            Request="renderfarm.worker.lost:RunRequest",
         )(run)
 
 

@@ -24,9 +24,17 @@ class JobContext:
     work_dir: Path  # scratch space, removed after the job
     output_dir: Path  # final outputs live here: <data_dir>/outputs/<job id>/
     report: Callable[[float, str, str], None]  # (progress 0-100, stage, message)
-    is_cancelled: Callable[[], bool]
+    is_cancelled: Callable[[], bool]  # also true once this run is no longer the job's live attempt
+    # Asks the job store, right before an output is published, whether this run is
+    # still the live attempt: a stale run never replaces another attempt's outputs.
+    is_live: Callable[[], bool] = field(default=lambda: True)
+    token: str = ""  # the attempt token; names this run's temporary files
     _last_check: float = field(default=0.0)
     _cancel_check_interval_s: float = 0.5
+    # Files this run wrote: temporary paths, and published paths with their inode,
+    # so a cleanup removes its own files and never a later attempt's.
+    _temps: set[Path] = field(default_factory=set)
+    _published: dict[Path, int] = field(default_factory=dict)
 
     def progress(self, percent: float, stage: str = "", message: str = "") -> None:
         """Report progress; raises JobCancelled if the job was cancelled meanwhile."""
@@ -44,14 +52,42 @@ class JobContext:
     def temp_output(self, name: str) -> Path:
         """A temporary path in the output folder; publish it with ``publish``."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        return self.output_dir / f".{name}.tmp-{os.getpid()}"
+        temp = self.output_dir / f".{name}.tmp-{self.token or os.getpid()}"
+        self._temps.add(temp)
+        return temp
 
     def publish(self, temp: Path, name: str, media_type: str | None = None) -> OutputRef:
         """Rename a finished temporary file to its final name (atomic on one filesystem),
-        so a retried job overwrites cleanly and readers never see half a file."""
+        so a retried job overwrites cleanly and readers never see half a file. A run
+        that is no longer the live attempt publishes nothing (JobCancelled)."""
+        if self.is_cancelled() or not self.is_live():
+            temp.unlink(missing_ok=True)
+            raise JobCancelled(self.job.id)
         final = self.output_dir / name
         os.replace(temp, final)
-        return OutputRef(name=name, uri=final.as_uri(), media_type=media_type, size_bytes=final.stat().st_size)
+        self._temps.discard(temp)
+        stat = final.stat()
+        self._published[final] = stat.st_ino
+        return OutputRef(name=name, uri=final.as_uri(), media_type=media_type, size_bytes=stat.st_size)
+
+    def remove_own_files(self, *, published_too: bool) -> None:
+        """Remove this run's temporary files and, if asked, the outputs it published
+        that are still its own (same inode: no later attempt replaced them)."""
+        for temp in self._temps:
+            temp.unlink(missing_ok=True)
+        self._temps.clear()
+        if published_too:
+            for path, inode in self._published.items():
+                try:
+                    if path.stat().st_ino == inode:
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
+            self._published.clear()
+            try:
+                self.output_dir.rmdir()  # only if nothing else is left in it
+            except OSError:
+                pass
 
 
 Handler = Callable[[JobContext], "Any"]

@@ -6,6 +6,7 @@ import os
 import socket
 
 from renderfarm.core.queues import WorkloadClass
+from renderfarm.core.workers import pod_of, worker_name_for  # noqa: F401  (pod_of: one owner, in core)
 
 
 def pod_name() -> str:
@@ -15,9 +16,4 @@ def pod_name() -> str:
 
 def worker_name(pool: WorkloadClass | str | None = None) -> str:
     pool = pool or os.environ.get("RF_POOL", "cpu")
-    return os.environ.get("RF_WORKER_NAME") or f"{WorkloadClass(pool).value}@{pod_name()}"
-
-
-def pod_of(worker: str) -> str:
-    """The pod part of a worker name (``cpu@renderfarm-cpu-7d9f-abc12`` -> the pod)."""
-    return worker.split("@", 1)[1] if "@" in worker else worker
+    return os.environ.get("RF_WORKER_NAME") or worker_name_for(WorkloadClass(pool).value, pod_name())

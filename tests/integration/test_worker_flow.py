@@ -345,13 +345,40 @@ def test_waiting_low_priority_jobs_age_up_and_stay_cancellable(store, clip):
 def test_an_aged_job_runs_from_the_queue_it_moved_to(store, rf_settings_env, workers, clip):
     from renderfarm.worker.beat import age_waiting_jobs
 
-    store.set_paused("cpu.normal", True)
     job = submit(store, "probe", clip, priority=Priority.low)
     time.sleep(1.1)
     assert age_waiting_jobs(store, Settings(aging_seconds=1)) == 1 and store.get(job.id).queue == "cpu.normal"
+    store.set_paused("cpu.normal", True)  # paused after the move: the job's message still says cpu.low
     workers.append(start_worker(rf_settings_env))
     time.sleep(2)
     assert store.get(job.id).status == JobStatus.queued  # its new queue is paused, so it waits
     store.set_paused("cpu.normal", False)
     done = wait_status(store, job.id, TERMINAL)
     assert done.status == JobStatus.succeeded and done.attempts == 1
+
+
+def test_jobs_aged_in_a_later_pass_queue_behind_those_aged_earlier(store, clip):
+    from renderfarm.worker.beat import age_waiting_jobs
+
+    settings = Settings(aging_seconds=1)
+    older = submit(store, "probe", clip, priority=Priority.low)
+    time.sleep(0.5)
+    younger = submit(store, "probe", clip, priority=Priority.low)
+    time.sleep(0.6)
+    assert age_waiting_jobs(store, settings) == 1  # only the older one has waited a full period
+    time.sleep(0.5)
+    assert age_waiting_jobs(store, settings) == 1  # now the younger one
+    # kombu pops from the right: the consumption order is the list reversed.
+    next_first = [json.loads(m)["headers"]["id"] for m in reversed(store.redis.lrange("cpu.normal", 0, -1))]
+    assert next_first == [older.id, younger.id]
+
+
+def test_aging_never_moves_a_job_into_a_paused_queue(store, clip):
+    from renderfarm.worker.beat import age_waiting_jobs
+
+    store.set_paused("cpu.normal", True)
+    job = submit(store, "probe", clip, priority=Priority.low)
+    time.sleep(1.1)
+    assert age_waiting_jobs(store, Settings(aging_seconds=1)) == 0
+    assert store.get(job.id).queue == "cpu.low" and store.redis.llen("cpu.low") == 1
+    assert store.redis.llen("cpu.normal") == 0

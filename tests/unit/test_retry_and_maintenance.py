@@ -2,9 +2,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from renderfarm.core.jobs import ErrorType
-from renderfarm.core.maintenance import aged_priority, orphaned_jobs
+from renderfarm.core.maintenance import aged_priority
 from renderfarm.core.queues import Priority
-from renderfarm.core.retry import RetryPolicy, retry_delay, should_retry
+from renderfarm.core.retry import RetryPolicy, max_attempts, retry_delay, should_retry
+from renderfarm.core.store import new_attempt_token, token_pid
 from renderfarm.worker.bootsteps import desired_consumption, reconcile_plan
 
 POLICY = RetryPolicy(max_retries=3, base_delay_s=2, max_delay_s=60, jitter=0.5)
@@ -30,8 +31,16 @@ def test_backoff_grows_exponentially_without_jitter():
     assert [retry_delay(policy, n, 0.3) for n in range(4)] == [1, 2, 4, 8]
 
 
-def test_orphaned_jobs_are_those_of_dead_workers():
-    assert orphaned_jobs({"a": "cpu@p1", "b": "cpu@p2"}, {"cpu@p1"}) == ["b"]
+def test_a_lost_run_is_retried_within_the_attempt_budget():
+    assert max_attempts(POLICY) == 4
+    assert should_retry(POLICY, ErrorType.worker_lost, 2)
+    assert not should_retry(POLICY, ErrorType.worker_lost, 3)
+
+
+def test_an_attempt_token_names_its_pool_process_and_is_unique():
+    first, second = new_attempt_token(4242), new_attempt_token(4242)
+    assert first != second and token_pid(first) == token_pid(second) == 4242
+    assert token_pid("") is None and token_pid("garbage") is None
 
 
 def test_aging_moves_one_priority_per_period():

@@ -128,15 +128,13 @@ def cancel_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(sto
     """A queued job never runs; a running job is stopped and ends ``cancelled``."""
     _get(store_, job_id, tenant)
     try:
-        store_.transition(job_id, JobStatus.cancelled, fields={
+        job = store_.transition(job_id, JobStatus.cancelled, fields={
             "finished_at": datetime.now(timezone.utc), "stage": "cancelled", "message": "cancelled by request",
         })
     except JobNotFound:
         raise _not_found(job_id) from None
     except TransitionConflict as exc:
         raise ApiError(409, "conflict", f"job is {exc.current}; only queued, running or retrying jobs can be cancelled") from None
-    job = _get(store_, job_id, tenant)
-    store_.publish_status(job)
     return job
 
 
@@ -146,7 +144,7 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
     job = _get(store_, job_id, tenant)
     kind = get_kind(job.kind)
     try:
-        store_.transition(
+        job = store_.transition(
             job_id,
             JobStatus.queued,
             fields={"error": None, "result": None, "progress": 0, "stage": "", "message": "retried by request",
@@ -156,8 +154,6 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
         )
     except TransitionConflict as exc:
         raise ApiError(409, "conflict", f"job is {exc.current}; only failed or cancelled jobs can be retried") from None
-    job = _get(store_, job_id, tenant)
-    store_.publish_status(job)
     return job
 
 
