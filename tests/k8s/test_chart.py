@@ -362,3 +362,13 @@ def test_zero_and_false_overrides_win(helm, default_docs):
     assert "renderfarm-worker-gpu-vision" not in by_kind(docs, "Deployment")
     cpu = by_kind(docs, "WorkerPool")["cpu"]["spec"]
     assert cpu["scaleDown"] == {"stabilizationWindowSeconds": 0, "maxStep": 1}
+
+
+def test_workers_are_ready_when_consuming_and_the_test_pod_is_placed_like_the_api(helm, default_docs):
+    for name, spec in _pod_specs(default_docs):
+        if "-worker-" in name:
+            container = spec["containers"][0]
+            assert container["readinessProbe"]["tcpSocket"]["port"] == "metrics", name
+            assert "livenessProbe" not in container, name  # a long job is not a hang
+    docs = render_docs(helm, "--set", "api.nodeSelector.node-role=real")
+    assert by_kind(docs, "Pod")["renderfarm-test-probe"]["spec"]["nodeSelector"] == {"node-role": "real"}
