@@ -97,6 +97,7 @@ def test_one_worker_deployment_and_workerpool_per_registry_pool(default_docs):
         assert container["command"] == ["python", "-m", "renderfarm.worker"]
         assert f"--pool={pool['name']}" in container["args"]
         assert deployment["spec"]["replicas"] == wp["minReplicas"]
+        assert deployment["metadata"]["annotations"]["renderfarm.io/kinds"] == ",".join(pool["kinds"])
 
 
 def test_gpu_pools_request_gpus_on_gpu_nodes_from_values(helm):
