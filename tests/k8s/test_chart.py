@@ -134,9 +134,10 @@ def test_images_and_pull_policy_from_values(helm):
     docs = render_docs(helm, "--set", "images.api.repository=localhost/rf-api", "--set", "images.api.tag=abc123",
                        "--set", "images.worker.repository=localhost/rf-worker", "--set", "images.worker.tag=def456",
                        "--set", "redis.image.repository=localhost/rf-redis", "--set", "redis.image.tag=r1",
-                       "--set", "images.pullPolicy=Never")
+                       "--set", "images.pullPolicy=Never", "--set", "images.pullSecrets={mirror}")
     images = {}
     for name, spec in _pod_specs(docs):
+        assert spec["imagePullSecrets"] == [{"name": "mirror"}], name
         for container in spec.get("initContainers", []) + spec["containers"]:
             images[f"{name}/{container['name']}"] = container["image"]
             assert container["imagePullPolicy"] == "Never"
