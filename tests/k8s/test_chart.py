@@ -18,7 +18,9 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from renderfarm.core.pool_catalog import pool_catalog
+from tests.k8s.operator_fixtures import workerpool_crd  # noqa: F401  (fixture)
 from tests.support.chart import CHART, CRD_FILE, REPO_ROOT, by_kind, documents, helm_template, plain_manifests, render_docs
+from tests.support.procs import wait_for
 
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(31, 38)]
 MONITORING_APIS = ["monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
@@ -374,3 +376,39 @@ def test_workers_are_ready_when_consuming_and_the_test_pod_is_placed_like_the_ap
             assert "livenessProbe" not in container, name  # a long job is not a hang
     docs = render_docs(helm, "--set", "api.nodeSelector.node-role=real")
     assert by_kind(docs, "Pod")["renderfarm-test-probe"]["spec"]["nodeSelector"] == {"node-role": "real"}
+
+
+def test_operator_rbac_for_several_namespaces_reaches_only_those(helm, local_cluster, workerpool_crd, namespace):
+    served = [f"{namespace}-a", f"{namespace}-b"]
+    for name in served + [f"{namespace}-other"]:
+        local_cluster.kubectl("create", "namespace", name, check=True)
+    try:
+        rendered = helm_template(helm, "--show-only", "templates/operator-rbac.yaml",
+                                 "--set", f"operator.watchNamespaces={{{','.join(served)}}}",
+                                 release=f"rbac-{namespace}"[:40], namespace=namespace)
+        docs = documents(rendered)
+        for doc in docs:  # as helm install does: the release namespace where a template names none
+            if doc["kind"] != "ClusterRole":
+                doc["metadata"].setdefault("namespace", namespace)
+        local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), check=True)
+        account = f"system:serviceaccount:{namespace}:{f'rbac-{namespace}'[:40]}-renderfarm-operator"
+
+        def can(verb: str, resource: str, where: str, *extra: str) -> bool:
+            proc = local_cluster.kubectl("auth", "can-i", verb, resource, *extra, "-n", where, f"--as={account}")
+            assert proc.stdout.strip() in ("yes", "no"), proc.stderr
+            return proc.stdout.strip() == "yes"
+
+        # the authorizer sees new bindings after its informer catches up
+        wait_for(lambda: can("watch", "workerpools.renderfarm.io", served[0]), 15, "RBAC to take effect")
+        for where in served:
+            assert can("watch", "workerpools.renderfarm.io", where) and can("patch", "deployments", where, "--subresource=scale")
+            assert not can("patch", "deployments", where) and not can("get", "secrets", where)
+        assert not can("list", "workerpools.renderfarm.io", f"{namespace}-other")
+        assert not can("list", "workerpools.renderfarm.io", namespace)  # not served: no access either
+        assert can("create", "leases.coordination.k8s.io", namespace)  # the Lease lives in the release namespace
+        assert not can("create", "leases.coordination.k8s.io", served[0])
+    finally:
+        for name in served + [f"{namespace}-other"]:
+            local_cluster.kubectl("delete", "namespace", name, "--wait=false")
+        local_cluster.kubectl("delete", "clusterrole", f"{f'rbac-{namespace}'[:40]}-renderfarm-operator",
+                              "--ignore-not-found")
