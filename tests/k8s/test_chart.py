@@ -329,10 +329,7 @@ def test_a_schema_error_is_caught(helm, default_docs):
         kv.validate(broken, "1.37.0", strict=True)
 
 
-def test_rendered_manifests_pass_a_server_side_dry_run_on_1_37(helm, local_cluster, namespace):
-    local_cluster.kubectl("apply", "--server-side", "-f", CRD_FILE, check=True)
-    local_cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.renderfarm.io", "--timeout=60s",
-                          check=True)
+def test_rendered_manifests_pass_a_server_side_dry_run_on_1_37(helm, local_cluster, workerpool_crd, namespace):
     version = local_cluster.kubectl_json("version")["serverVersion"]["gitVersion"]
     assert version.startswith("v1.37.")
     variants = {"default": [], "full": _sets([item for item in FULL_SETS if "watchNamespaces" not in item])}
