@@ -42,6 +42,11 @@ def _sets(sets: list[str]) -> list[str]:
 
 FULL = _sets(FULL_SETS) + API_VERSION_ARGS
 VARIANTS = {"default": [], "full": FULL}
+# Everything optional switched off.
+MINIMAL = _sets(["operator.enabled=false", "beat.enabled=false", "networkPolicy.enabled=false",
+                 "media.persistence.enabled=false", "redis.persistence.enabled=false", "fullnameOverride=farm",
+                 "api.podDisruptionBudget.enabled=false", "workers.defaults.podDisruptionBudget.enabled=false",
+                 "redis.auth.existingSecret=mine"])
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +70,9 @@ def _pod_specs(docs: list[dict]):
 # -- lint ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", ["default", "full", "minimal"])
 def test_helm_lint_strict_passes(helm, variant):
-    args = [arg for arg in VARIANTS[variant] if arg not in API_VERSION_ARGS]  # lint has no --api-versions
+    args = [arg for arg in {**VARIANTS, "minimal": MINIMAL}[variant] if arg not in API_VERSION_ARGS]  # no --api-versions in lint
     proc = subprocess.run([str(helm), "lint", "--strict", str(CHART), *args],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -351,6 +356,20 @@ def test_plain_manifests_in_k8s_match_the_chart(helm):
     docs = documents(plain.read_text())
     assert "Secret" in {doc["kind"] for doc in docs} and "renderfarm-redis-auth" not in by_kind(docs, "Secret")
     assert "Pod" not in {doc["kind"] for doc in docs}  # no helm test
+
+
+def test_switching_parts_off_leaves_no_trace_of_them(helm):
+    docs = render_docs(helm, *MINIMAL)
+    names = {f"{doc['kind']}/{doc['metadata']['name']}" for doc in docs}
+    assert not [name for name in names if "operator" in name or "beat" in name]
+    assert not {doc["kind"] for doc in docs} & {"NetworkPolicy", "PodDisruptionBudget", "PersistentVolumeClaim"}
+    assert "Secret/farm-redis-auth" not in names
+    redis = by_kind(docs, "StatefulSet")["farm-redis"]["spec"]
+    assert "volumeClaimTemplates" not in redis
+    assert redis["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    for name, spec in _pod_specs(docs):
+        for volume in spec.get("volumes", []):
+            assert "persistentVolumeClaim" not in volume, name
 
 
 def test_zero_and_false_overrides_win(helm, default_docs):
