@@ -21,6 +21,7 @@ def test_summary_reads_spec_and_status():
     assert (pool["min_replicas"], pool["max_replicas"], pool["pinned_replicas"]) == (1, 8, 3)
     assert (pool["desired_replicas"], pool["current_replicas"], pool["backlog"], pool["in_flight"]) == (3, 2, 7, 2)
     assert pool["conditions"][0]["type"] == "Ready" and pool["paused"] is False
+    assert set(pool["conditions"][0]) == {"type", "status", "reason", "message", "last_transition_time"}
 
 
 def test_summary_of_a_new_pool_has_crd_defaults_and_no_status():
