@@ -45,7 +45,6 @@ _ERROR_DESCRIPTIONS = {
     404: "Not found (another tenant's job is not found either)",
     409: "Conflicting state or idempotency key",
     422: "Invalid request: field errors in details",
-    501: "Not available in this deployment (worker pools need Kubernetes)",
     502: "The Kubernetes API answered with an unexpected error",
     503: "The job store (Redis) or the Kubernetes API is unavailable; retry later",
 }

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     vision_device: str = "auto"
 
     # /v1/pools reads and patches the WorkerPools of this namespace (the chart sets it
-    # to the pod's own). Empty: no Kubernetes (``make run``), and /v1/pools answers 501.
+    # to the pod's own). Empty: no Kubernetes (``make run``), and /v1/pools shows the local pools read-only.
     pools_namespace: str = ""
     # Kubeconfig for /v1/pools outside a cluster; empty: the pod's ServiceAccount, else $KUBECONFIG.
     kubeconfig: str = ""

@@ -73,3 +73,32 @@ def check_bounds(spec: dict[str, Any], changes: dict[str, Any]) -> str | None:
     if minimum > maximum:
         return f"min_replicas ({minimum}) must not be greater than max_replicas ({maximum})"
     return None
+
+
+LOCAL_POOLS_MESSAGE = ("this farm runs without Kubernetes (RF_POOLS_NAMESPACE is not set): its pools are "
+                       "local worker processes, shown read-only; steer them with GET /v1/workers and "
+                       "POST /v1/queues/{name}/pause|resume")
+
+
+def local_pool_summary(pool: str, queues: list[dict[str, Any]], workers: list[dict[str, str]]) -> dict[str, Any]:
+    """One pool of a farm without Kubernetes (``make run``), read-only, in the shape of
+    :func:`pool_summary`: its size is the live workers of the pool, its backlog and
+    in-flight the sums over its queues (``queues``: name, depth, in_flight, paused)."""
+    live = sum(1 for worker in workers if worker.get("pool") == pool)
+    return {
+        "name": pool,
+        "deployment": "",
+        "queues": [queue["name"] for queue in queues],
+        "min_replicas": live,
+        "max_replicas": live,
+        "pinned_replicas": None,
+        "paused": bool(queues) and all(queue["paused"] for queue in queues),
+        "desired_replicas": live,
+        "current_replicas": live,
+        "backlog": sum(queue["depth"] for queue in queues),
+        "in_flight": sum(queue["in_flight"] for queue in queues),
+        "last_scale_time": None,
+        "last_scale_reason": None,
+        "conditions": [{"type": "ReadOnly", "status": "True", "reason": "NotOnKubernetes",
+                        "message": LOCAL_POOLS_MESSAGE, "last_transition_time": None}],
+    }

@@ -1,7 +1,8 @@
 """/v1/pools: the worker pools (WorkerPool objects) for SREs; any key reads them, PATCH needs admin.
 
 Without Kubernetes (RF_POOLS_NAMESPACE unset, as under ``make run``) pools are
-fixed local processes and both routes answer 501 saying so.
+fixed local processes: GET shows them read-only (live workers, backlog, in-flight)
+and PATCH answers 409 ``pools_read_only`` saying why.
 """
 
 from __future__ import annotations
@@ -9,23 +10,21 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from renderfarm.core.apikeys import ApiKeyRecord
-from renderfarm.api.deps import Admin, AnyKey, settings
+from renderfarm.api.deps import Admin, AnyKey, settings, store
 from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.pools_kube import KubeError, KubePools, PoolsUnavailable
 from renderfarm.api.schemas import PoolOut, PoolPatch
+from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, queue_name
 from renderfarm.core.settings import Settings
-from renderfarm.core.workerpools import check_bounds, pool_summary, spec_patch
+from renderfarm.core.store import JobStore
+from renderfarm.core.workerpools import LOCAL_POOLS_MESSAGE, check_bounds, local_pool_summary, pool_summary, spec_patch
 
-router = APIRouter(prefix="/v1/pools", tags=["pools"], responses=error_responses(401, 501, 502, 503))
+router = APIRouter(prefix="/v1/pools", tags=["pools"], responses=error_responses(401, 502, 503))
 
-NOT_ON_KUBERNETES = ("worker pools are WorkerPool objects on Kubernetes, and this farm runs without it "
-                     "(RF_POOLS_NAMESPACE is not set): its workers are local processes, see GET /v1/workers "
-                     "and GET /v1/queues")
-
-
-def kube_pools(request: Request, settings_: Settings = Depends(settings)) -> KubePools:
+def kube_pools(request: Request, settings_: Settings = Depends(settings)) -> KubePools | None:
+    """The WorkerPools client, or None on a farm without Kubernetes."""
     if not settings_.pools_namespace:
-        raise ApiError(501, "not_on_kubernetes", NOT_ON_KUBERNETES)
+        return None
     pools = getattr(request.app.state, "kube_pools", None)
     if pools is None:
         try:
@@ -47,7 +46,10 @@ def _kube_error(exc: KubeError, name: str | None = None) -> ApiError:
 
 
 @router.get("", response_model=list[PoolOut], summary="Worker pools: bounds, pin, pause, replicas, backlog")
-def list_pools(key: ApiKeyRecord = AnyKey, pools: KubePools = Depends(kube_pools)) -> list[PoolOut]:
+def list_pools(key: ApiKeyRecord = AnyKey, pools: KubePools | None = Depends(kube_pools),
+               store_: JobStore = Depends(store)) -> list[PoolOut]:
+    if pools is None:
+        return _local_pools(store_)
     try:
         return [PoolOut.model_validate(pool_summary(item)) for item in pools.list()]
     except KubeError as exc:
@@ -57,8 +59,11 @@ def list_pools(key: ApiKeyRecord = AnyKey, pools: KubePools = Depends(kube_pools
 
 
 @router.patch("/{name}", response_model=PoolOut, summary="Set min, max, pin or pause of a pool (admin)",
-              responses=error_responses(403, 404, 422))
-def patch_pool(name: str, body: PoolPatch, key: ApiKeyRecord = Admin, pools: KubePools = Depends(kube_pools)) -> PoolOut:
+              responses=error_responses(400, 403, 404, 409, 422))
+def patch_pool(name: str, body: PoolPatch, key: ApiKeyRecord = Admin,
+               pools: KubePools | None = Depends(kube_pools)) -> PoolOut:
+    if pools is None:
+        raise ApiError(409, "pools_read_only", LOCAL_POOLS_MESSAGE)
     try:
         changes = body.changes()
     except ValueError as exc:
@@ -77,3 +82,13 @@ def patch_pool(name: str, body: PoolPatch, key: ApiKeyRecord = Admin, pools: Kub
     except PoolsUnavailable as exc:
         raise ApiError(503, "kubernetes_unavailable", str(exc)) from None
     return PoolOut.model_validate(pool_summary(updated))
+
+
+def _local_pools(store_: JobStore) -> list[PoolOut]:
+    workers = store_.workers()
+    out = []
+    for pool in WorkloadClass:
+        stats = store_.queue_stats([queue_name(pool, priority) for priority in PRIORITY_ORDER])
+        queues = [{"name": q.name, "depth": q.depth, "in_flight": q.in_flight, "paused": q.paused} for q in stats]
+        out.append(PoolOut.model_validate(local_pool_summary(pool.value, queues, workers)))
+    return out
