@@ -63,6 +63,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict]:
         ctx = err.get("ctx") or {}
         if "expected_tags" in ctx:
             item["allowed"] = [tag.strip(" '") for tag in str(ctx["expected_tags"]).split(",")]
+        elif err.get("type") == "enum" and "expected" in ctx:  # "'a', 'b' or 'c'"
+            item["allowed"] = [part.strip(" '") for part in str(ctx["expected"]).replace(" or ", ",").split(",")]
         out.append(item)
     return out
 

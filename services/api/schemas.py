@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
@@ -36,6 +37,11 @@ SubmitJobRequest = Annotated[
     Union[tuple(_submit_model(kind.name, kind.params_model) for kind in KINDS.values())],  # type: ignore[misc]
     Field(discriminator="kind"),
 ]
+
+
+# The registered kinds as a query-parameter type: the schema lists them, and an
+# unknown one is a 422 naming the known ones.
+KindName = StrEnum("KindName", {name: name for name in KINDS})
 
 
 class JobPage(BaseModel):

@@ -209,3 +209,11 @@ def test_redis_down_is_503_within_one_second(data_dir, clip):
 
 def test_dead_letter_list_starts_empty(client, redis_client):
     assert redis_client.llen(DEADLETTER) == 0
+
+
+def test_listing_by_an_unknown_kind_is_422_naming_the_kinds(client):
+    response = client.get("/v1/jobs", params={"kind": "nope"}, headers=AUTH)
+    assert response.status_code == 422
+    [detail] = response.json()["error"]["details"]
+    assert detail["field"] == "query.kind"
+    assert set(detail["allowed"]) == {"probe", "transcode", "thumbnail", "extract_audio", "transcribe", "vision"}

@@ -11,10 +11,10 @@ from fastapi.responses import StreamingResponse
 from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
-from renderfarm.api.schemas import JobPage, SubmitJobRequest
+from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
-from renderfarm.core.kinds import KINDS, get_kind
+from renderfarm.core.kinds import get_kind
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import (
     IdempotencyConflict,
@@ -98,17 +98,15 @@ def submit_job(
             responses=error_responses(400, 422))
 def list_jobs(
     status: JobStatus | None = None,
-    kind: str | None = None,
+    kind: KindName | None = None,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=512),
     tenant: str = Tenant,
     store_: JobStore = Depends(store),
 ) -> JobPage:
-    if kind is not None and kind not in KINDS:
-        raise ApiError(422, "validation_error", f"unknown kind {kind!r}",
-                       [{"field": "kind", "message": "unknown kind", "allowed": list(KINDS)}])
     try:
-        page = store_.list(status=status, kind=kind, limit=limit, cursor=cursor, tenant=tenant)
+        page = store_.list(status=status, kind=kind.value if kind else None, limit=limit, cursor=cursor,
+                           tenant=tenant)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     return JobPage(jobs=page.jobs, next_cursor=page.next_cursor)
