@@ -198,8 +198,9 @@ class RunState:
     """A job with what only the worker side needs: the live attempt's token and the budget's start."""
 
     job: Job
-    token: str
+    token: str  # the live attempt's ('' when the job is not running)
     budget_base: int
+    last_token: str = ""  # the attempt that last left "running"
 
     @property
     def retries_done(self) -> int:
@@ -208,7 +209,8 @@ class RunState:
 
 
 def decode_run(raw: dict[str, str]) -> RunState:
-    return RunState(job=decode_job(raw), token=raw.get("attempt", ""), budget_base=int(raw.get("budget_base") or 0))
+    return RunState(job=decode_job(raw), token=raw.get("attempt", ""), budget_base=int(raw.get("budget_base") or 0),
+                    last_token=raw.get("last_attempt", ""))
 
 
 @dataclass(frozen=True)

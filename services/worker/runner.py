@@ -243,10 +243,18 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
                                 fields=fields | {"finished_at": datetime.now(timezone.utc)},
                                 dead_letter=dead_letter, token=token)
     except (StaleAttempt, TransitionConflict):
-        # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
-        return _stopped(store, job, token, started, ctx)
+        if _committed_by(store, job.id, token, status):
+            pass  # a repeat after Redis restarted: the first call went through, only its reply was lost
+        else:
+            # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
+            return _stopped(store, job, token, started, ctx)
     _record(store, job, status, duration)
     return status.value
+
+
+def _committed_by(store: JobStore, job_id: str, token: str, status: JobStatus) -> bool:
+    state = _through_redis_restarts(store.run_state, job_id)
+    return state.job.status == status and state.last_token == token
 
 
 def _stopped(store: JobStore, job: Job, token: str, started: float, ctx: JobContext | None) -> str:

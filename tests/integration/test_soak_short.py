@@ -10,5 +10,5 @@ def test_a_short_fault_soak_loses_nothing_and_runs_nothing_twice(tmp_path):
     print("\n".join(report.lines()))
     assert set(report.faults) == set(FAULTS) and sum(report.faults.values()) >= config.faults
     assert report.lost == 0 and report.stuck == 0, report.lines()
-    assert report.duplicates == 0 and report.double_commits == 0, report.lines()
+    assert report.duplicates == 0 and report.double_commits == 0 and report.unaccounted == 0, report.lines()
     assert sum(report.by_status.values()) == config.jobs

@@ -55,6 +55,7 @@ class Report:
     duplicates: int  # succeeded jobs whose side effect ran twice without a crash to explain it
     replays: int  # side effect redone because a run died between finishing and recording it
     double_commits: int  # succeeded jobs recorded as succeeded by two runs
+    unaccounted: int  # succeeded jobs without exactly one run in the ledger that recorded it
     lost: int  # submitted jobs the store no longer knows
     stuck: int  # jobs not terminal when the drain timed out
     runs: int
@@ -68,7 +69,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
-        return not (self.duplicates or self.double_commits or self.lost or self.stuck)
+        return not (self.duplicates or self.double_commits or self.unaccounted or self.lost or self.stuck)
 
     def lines(self) -> list[str]:
         def fmt(value):
@@ -81,6 +82,7 @@ class Report:
             f"runs            {self.runs} ({self.interrupted_runs} interrupted by a fault)",
             f"duplicates      {self.duplicates}  (side effect twice, no crash to explain it)",
             f"double commits  {self.double_commits}",
+            f"unaccounted     {self.unaccounted}  (succeeded, but not exactly one run in the ledger recorded it)",
             f"replays         {self.replays}  (run died between its side effect and recording it)",
             f"lost            {self.lost}",
             f"stuck           {self.stuck}",
@@ -398,7 +400,7 @@ def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tupl
 
     by_status: Counter[str] = Counter()
     failed_by_error: Counter[str] = Counter()
-    lost = duplicates = replays = double_commits = 0
+    lost = duplicates = replays = double_commits = unaccounted = 0
     notes = []
     for job_id in job_ids:
         try:
@@ -415,8 +417,9 @@ def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tupl
         commits = [r for r in job_runs if r["end"] == "succeeded"]
         done = [r for r in job_runs if r["done"] is not None]
         if len(commits) != 1:
+            unaccounted += 1
             double_commits += len(commits) > 1
-            if not commits:
+            if not commits and len(notes) < 5:
                 notes.append(f"job {job_id} succeeded without a run recording it")
         extra = [r for r in done if r["end"] != "succeeded"]
         died_after_done = [r for r in extra if r["end"] is None]
@@ -461,7 +464,7 @@ def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tupl
 
     return Report(jobs=len(job_ids), by_status=dict(by_status), failed_by_error=dict(failed_by_error),
                   faults=dict(Counter(name for _, name in faults)), duplicates=duplicates, replays=replays,
-                  double_commits=double_commits, lost=lost, stuck=len(stuck), runs=len(runs),
+                  double_commits=double_commits, unaccounted=unaccounted, lost=lost, stuck=len(stuck), runs=len(runs),
                   interrupted_runs=interrupted, recover_p50_s=pct(recoveries, 0.5),
                   recover_p99_s=pct(recoveries, 0.99), recover_max_s=recoveries[-1] if recoveries else None,
                   rerun_p50_s=pct(reruns, 0.5), rerun_p99_s=pct(reruns, 0.99), elapsed_s=elapsed_s,
