@@ -113,14 +113,23 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _version_lines() -> list[str]:
+# The lines of versions.env that key the tool cache (build-tools.sh: TOOL_KEYS);
+# the real node's lines have a cache of their own (node_cache_dir).
+TOOL_KEYS = ("KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION")
+
+
+def _version_lines(keys: Iterable[str] | None = None) -> list[str]:
     lines = VERSIONS_FILE.read_text().splitlines()
-    return [ln.rstrip() for ln in lines if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", ln)]
+    out = [ln.rstrip() for ln in lines if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", ln)]
+    if keys is not None:
+        wanted = set(keys)
+        out = [ln for ln in out if ln.partition("=")[0] in wanted]
+    return out
 
 
 def cache_dir() -> Path:
     """The tool cache folder for the pinned versions (same key as build-tools.sh)."""
-    key = hashlib.sha256(("\n".join(_version_lines()) + "\n").encode()).hexdigest()[:12]
+    key = hashlib.sha256(("\n".join(_version_lines(TOOL_KEYS)) + "\n").encode()).hexdigest()[:12]
     root = os.environ.get("RF_K8S_CACHE") or str(Path.home() / ".cache" / "renderfarm" / "k8s")
     return Path(root) / key
 
