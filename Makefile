@@ -18,7 +18,8 @@ help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
-	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached)"
+	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached); REAL_NODE=1 adds a real node"
+	@echo "make images  build the API, CPU worker and Redis images with buildah (build/images.env)"
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
@@ -40,7 +41,7 @@ install: system-deps $(INSTALL_STAMP)
 run: install
 	$(VENV)/bin/renderfarm local
 
-test: install k8s-tools
+test: install k8s-tools node-tools images
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-fast: install
