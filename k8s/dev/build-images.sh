@@ -100,7 +100,7 @@ build() { # repo tag-prefix dockerfile [build-arg ...]
     for a in "${args[@]}"; do bargs+=(--build-arg "$a"); done
     (cd "$ROOT" && buildah bud -q --pull="$PULL" --network=host --format=docker "${bargs[@]}" \
        -f "$dockerfile" -t "$name" .) >&2
-    echo "images: $name in $(elapsed "$t")s ($(buildah inspect --type image --format '{{.Size}}' "$name" 2>/dev/null || true))" |
+    echo "images: $name in $(elapsed "$t")s ($(buildah images --format '{{.Size}}' "$name" 2>/dev/null | head -n1))" |
       tee -a "$TIMES" >&2
   fi
   echo "$name"

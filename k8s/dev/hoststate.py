@@ -36,8 +36,10 @@ WATCHED_PATHS = (
     "/opt/cni",
     "/run/netns",
     "/etc/kubernetes",
-    "/usr/libexec/kubernetes",
 )
+# (/usr/libexec/kubernetes is not watched: kube-controller-manager makes it as its
+# default FlexVolume folder, and other local clusters may run beside this one;
+# localkube passes --flex-volume-plugin-dir, kubelet gets volumePluginDir.)
 
 # sysctls set by kubelet (protectKernelDefaults: false), kube-proxy and the
 # bridge plugin (ip_forward); each is put back to its old value.

@@ -618,6 +618,8 @@ class LocalCluster:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # not its default /usr/libexec/kubernetes/...: nothing outside the work folder
+            f"--flex-volume-plugin-dir={self._dir / 'flexvolume'}",
             "--profiling=false",
         ])
 
