@@ -12,7 +12,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt |
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench lint clean
+.PHONY: help install system-deps run test test-fast bench lint clean chart-pools manifests chart-lint
 
 help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
 	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached); REAL_NODE=1 adds a real node"
 	@echo "make images  build the API, CPU worker and Redis images with buildah (build/images.env)"
+	@echo "make manifests   regenerate the chart's pool list and the plain manifests in k8s/"
+	@echo "make chart-lint  helm lint --strict of helm/renderfarm (the project's pinned helm)"
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
@@ -49,6 +51,17 @@ test-fast: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+# The chart's pool list comes from the registry (renderfarm.core); k8s/ is the chart
+# rendered with default values. Tests fail when either is stale.
+chart-pools: install
+	$(PY) -m renderfarm.core.pool_catalog > helm/renderfarm/files/pools.json
+
+manifests: chart-pools k8s-tools
+	$(PY) helm/render.py --write
+
+chart-lint: k8s-tools
+	"$$(bash k8s/dev/build-tools.sh --print-bin-dir)/helm" lint --strict helm/renderfarm
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

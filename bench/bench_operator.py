@@ -49,6 +49,7 @@ from renderfarm.operator.controller import Controller, PoolRegistry, ScalingLoop
 from renderfarm.operator.kube import ScaleInfo  # noqa: E402
 from renderfarm.operator.metrics import OperatorMetrics  # noqa: E402
 from renderfarm.operator.queue_reader import QueueReader  # noqa: E402
+from tests.support.chart import CRD_FILE, helm_template  # noqa: E402
 from tests.support.procs import PYTHON, RedisServer, ServiceProcess, free_port, rf_env, wait_for  # noqa: E402
 
 SECTION = "operator"
@@ -260,9 +261,11 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
         cluster.start()
         ns = "bench-operator"
         cluster.kubectl("create", "namespace", ns, check=True)
-        cluster.kubectl("apply", "-f", REPO_ROOT / "operator" / "crd-workerpool.yaml", check=True)
+        cluster.kubectl("apply", "-f", CRD_FILE, check=True)
         cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.renderfarm.io", check=True)
-        cluster.kubectl("apply", "-n", ns, "-f", REPO_ROOT / "operator" / "rbac.yaml", check=True)
+        cluster.kubectl("apply", "-n", ns, "-f", "-", check=True,
+                        input=helm_template(cluster.bin_dir / "helm", "--show-only", "templates/operator-rbac.yaml",
+                                            namespace=ns))
         kubeconfig = cluster.serviceaccount_kubeconfig(ns, "renderfarm-operator")
         api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
         apps = k8s_client.AppsV1Api(api)
@@ -320,7 +323,7 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
             "pools_50_steady_tick_ms": steady_ms,
             "pools_50_burst_all_scaled_s": burst_s,
             "pools_50_burst_ticks_ms": (sum2 - sum1) / max(1, count2 - count1) * 1000,
-            "operator_as": "ServiceAccount renderfarm-operator (operator/rbac.yaml)",
+            "operator_as": "ServiceAccount renderfarm-operator (the chart's templates/operator-rbac.yaml)",
         }
     finally:
         if operator is not None:

@@ -1,6 +1,6 @@
 """The Kubernetes calls the operator makes, and nothing else (the edge of the shell).
 
-Each call maps to one RBAC rule in rbac.yaml:
+Each call maps to one RBAC rule of the chart's Role (helm/renderfarm/templates/operator-rbac.yaml):
 
 - deployments/scale: get, patch   (read and set replicas; never the Deployment itself)
 - pods: list, patch               (Unschedulable detection; pod-deletion-cost before scale-in)

@@ -1,4 +1,4 @@
-"""Typed WorkerPool spec and status (the CRD in crd-workerpool.yaml, as pydantic models).
+"""Typed WorkerPool spec and status (the CRD in helm/renderfarm/crds/workerpool.yaml, as pydantic models).
 
 Field names are snake_case in Python and camelCase on the wire (the CRD's names).
 The models validate what the CRD validates, so a pool that reaches the operator
@@ -14,12 +14,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "renderfarm.io"
-VERSION = "v1alpha1"
-PLURAL = "workerpools"
-KIND = "WorkerPool"
-API_VERSION = f"{GROUP}/{VERSION}"
-PAUSED_ANNOTATION = "renderfarm.io/paused"
+from renderfarm.core.workerpools import (  # noqa: F401  (the resource's coordinates have one owner)
+    API_VERSION,
+    GROUP,
+    KIND,
+    PAUSED_ANNOTATION,
+    PLURAL,
+    VERSION,
+    annotation_paused,
+)
 QUEUE_PATTERN = r"^(cpu|gpu-transcribe|gpu-vision)\.(critical|high|normal|low)$"
 
 CONDITION_TYPES = ("Ready", "ScalingLimited", "CapacityLimited", "BacklogUnknown", "Paused")
@@ -170,7 +173,7 @@ class WorkerPool(_Wire):
     @property
     def paused(self) -> bool:
         """Paused by the spec field or by the annotation renderfarm.io/paused="true"."""
-        return self.spec.paused or self.annotations.get(PAUSED_ANNOTATION, "").strip().lower() == "true"
+        return self.spec.paused or annotation_paused(self.annotations)
 
 
 # --- time on the wire ---------------------------------------------------------------

@@ -22,3 +22,15 @@ async def settings(request: Request) -> Settings:
 
 
 Tenant = Depends(require_tenant)
+
+
+async def require_admin(tenant: str = Tenant) -> str:
+    """Farm control (pools): the one place that decides who may steer the farm.
+
+    Today every valid key may; once keys carry scopes this checks for ``admin``
+    and answers 403 otherwise, and every admin route follows.
+    """
+    return tenant
+
+
+Admin = Depends(require_admin)

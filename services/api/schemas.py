@@ -54,6 +54,51 @@ class QueueOut(BaseModel):
     oldest_age_s: float | None = None
 
 
+class PoolCondition(BaseModel):
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+
+
+class PoolOut(BaseModel):
+    """One WorkerPool: its bounds and overrides (spec) and what the operator saw and did (status)."""
+
+    name: str
+    deployment: str
+    queues: list[str]
+    min_replicas: int
+    max_replicas: int
+    pinned_replicas: int | None = Field(None, description="A manual size that wins over autoscaling until cleared")
+    paused: bool = Field(description="Hands off: the operator changes nothing (spec.paused or the annotation)")
+    desired_replicas: int | None = None
+    current_replicas: int | None = None
+    backlog: int | None = Field(None, description="Jobs waiting in the pool's queues")
+    in_flight: int | None = Field(None, description="Jobs taken by a worker and not finished")
+    last_scale_time: str | None = None
+    last_scale_reason: str | None = None
+    conditions: list[PoolCondition] = Field(default_factory=list)
+
+
+class PoolPatch(BaseModel):
+    """Fields to change; absent fields stay. ``pinned_replicas: null`` clears the pin (autoscaling resumes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    pinned_replicas: int | None = Field(None, ge=0)
+    paused: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        changed = {name: getattr(self, name) for name in self.model_fields_set}
+        for name in ("min_replicas", "max_replicas", "paused"):
+            if name in changed and changed[name] is None:
+                raise ValueError(f"{name} cannot be null")
+        return changed
+
+
 class WorkerOut(BaseModel):
     name: str
     pool: str

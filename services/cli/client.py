@@ -195,6 +195,13 @@ class RenderfarmClient:
     def resume(self, queue: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/queues/{queue}/resume")
 
+    def pools(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/pools")
+
+    def set_pool(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH /v1/pools/{name}; ``pinned_replicas: None`` clears the pin."""
+        return self.request("PATCH", f"/v1/pools/{name}", json=changes)
+
     def workers(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/workers")
 

@@ -38,6 +38,7 @@ from renderfarm.cli.render import (
     job_details,
     jobs_table,
     outputs_table,
+    pools_table,
     print_api_error,
     queues_table,
     status_text,
@@ -62,6 +63,9 @@ app = typer.Typer(
 )
 apikey_app = typer.Typer(help="API keys stored in Redis.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+pool_app = typer.Typer(help="Steer a worker pool (its WorkerPool on Kubernetes; needs an admin key).",
+                       no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
 
 
 @dataclass
@@ -340,6 +344,48 @@ def resume(ctx: typer.Context, queue: Annotated[str, typer.Argument(help="e.g. c
     with api(ctx) as client:
         row = client.resume(queue)
     out.print(f"{row['name']} [green]resumed[/] (depth {row['depth']})")
+
+
+@app.command()
+def pools(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False) -> None:
+    """Worker pools: min, max, pinned, desired and current replicas, backlog, in-flight, conditions."""
+    with api(ctx) as client:
+        rows = client.pools()
+    if as_json:
+        _print_json(rows)
+    else:
+        show(pools_table(rows))
+
+
+@pool_app.command("set")
+def pool_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Pool name, e.g. cpu.")],
+    min_replicas: Annotated[Optional[int], typer.Option("--min", min=0, help="Lowest replica count.")] = None,
+    max_replicas: Annotated[Optional[int], typer.Option("--max", min=1, help="Highest replica count.")] = None,
+    pin: Annotated[Optional[int], typer.Option("--pin", min=0, help="Pin this many replicas (wins over autoscaling).")]
+    = None,
+    unpin: Annotated[bool, typer.Option("--unpin", help="Clear the pin: autoscaling resumes.")] = False,
+    pause: Annotated[Optional[bool], typer.Option("--pause/--resume", help="Hands off (the operator changes nothing) "
+                                                  "or back to autoscaling.", show_default=False)] = None,
+) -> None:
+    """Set a pool's min, max, pin or pause."""
+    if pin is not None and unpin:
+        raise typer.BadParameter("--pin and --unpin exclude each other", param_hint="--unpin")
+    changes: dict[str, Any] = {}
+    if min_replicas is not None:
+        changes["min_replicas"] = min_replicas
+    if max_replicas is not None:
+        changes["max_replicas"] = max_replicas
+    if pin is not None or unpin:
+        changes["pinned_replicas"] = pin
+    if pause is not None:
+        changes["paused"] = pause
+    if not changes:
+        raise typer.BadParameter("nothing to set: give --min, --max, --pin, --unpin, --pause or --resume")
+    with api(ctx) as client:
+        pool = client.set_pool(name, changes)
+    show(pools_table([pool]))
 
 
 @app.command()

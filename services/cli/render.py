@@ -182,6 +182,27 @@ def queues_table(queues: list[dict[str, Any]]) -> Table:
     return table
 
 
+def pools_table(pools: list[dict[str, Any]]) -> Table:
+    """Like `kubectl get wp`, plus pause and the conditions that are true."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in (("POOL", "left"), ("MIN", "right"), ("MAX", "right"), ("PINNED", "right"),
+                          ("DESIRED", "right"), ("CURRENT", "right"), ("BACKLOG", "right"), ("IN-FLIGHT", "right"),
+                          ("PAUSED", "left"), ("CONDITIONS", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "CONDITIONS", overflow="fold")
+
+    def number(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    for p in pools:
+        paused = Text("paused", style="bold yellow") if p.get("paused") else Text("no", style="bright_black")
+        true = [c["type"] for c in p.get("conditions") or [] if c.get("status") == "True"]
+        table.add_row(p["name"], number(p.get("min_replicas")), number(p.get("max_replicas")),
+                      number(p.get("pinned_replicas")), number(p.get("desired_replicas")),
+                      number(p.get("current_replicas")), number(p.get("backlog")), number(p.get("in_flight")),
+                      paused, ", ".join(true) or "-")
+    return table
+
+
 def workers_table(workers: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("WORKER", no_wrap=True)

@@ -15,6 +15,11 @@ class WorkloadClass(StrEnum):
     gpu_transcribe = "gpu-transcribe"
     gpu_vision = "gpu-vision"
 
+    @property
+    def needs_gpu(self) -> bool:
+        """Its workers need an accelerator (the chart requests nvidia.com/gpu for them)."""
+        return self is not WorkloadClass.cpu
+
 
 class Priority(StrEnum):
     critical = "critical"

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     whisper_compute_type: str = "auto"
     vision_device: str = "auto"
 
+    # /v1/pools reads and patches the WorkerPools of this namespace (the chart sets it
+    # to the pod's own). Empty: no Kubernetes (``make run``), and /v1/pools answers 501.
+    pools_namespace: str = ""
+    # Kubeconfig for /v1/pools outside a cluster; empty: the pod's ServiceAccount, else $KUBECONFIG.
+    kubeconfig: str = ""
+
     log_level: str = "INFO"
 
     @field_validator("allowed_input_roots", "api_keys", "api_key_hashes", mode="before")

@@ -23,18 +23,18 @@ import redis
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from tests.support.chart import CRD_FILE, helm_template
 from tests.support.procs import wait_for as poll  # noqa: F401  (re-exported to the e2e tests)
 from tests.support.procs import PYTHON, RedisServer, ServiceProcess, free_port, rf_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_DIR = REPO_ROOT / "operator"
 SERVICE_ACCOUNT = "renderfarm-operator"
 GPU_NODES = ("rf-gpu-0", "rf-gpu-1")
 
 
 @pytest.fixture(scope="session")
 def workerpool_crd(local_cluster):
-    local_cluster.kubectl("apply", "-f", OPERATOR_DIR / "crd-workerpool.yaml", check=True)
+    local_cluster.kubectl("apply", "-f", CRD_FILE, check=True)
     local_cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.renderfarm.io",
                           "--timeout=60s", check=True)
     return "workerpools.renderfarm.io"
@@ -184,7 +184,11 @@ def _service_account_kubeconfig(cluster, namespace: str) -> Path:
 
 @pytest.fixture
 def farm(local_cluster, workerpool_crd, namespace, tmp_path):
-    local_cluster.kubectl("apply", "-n", namespace, "-f", OPERATOR_DIR / "rbac.yaml", check=True)
+    # Exactly the ServiceAccount, Role and RoleBinding the chart installs.
+    rbac = tmp_path / "operator-rbac.yaml"
+    rbac.write_text(helm_template(local_cluster.bin_dir / "helm", "--show-only", "templates/operator-rbac.yaml",
+                                  namespace=namespace))
+    local_cluster.kubectl("apply", "-n", namespace, "-f", rbac, check=True)
     server = RedisServer(tmp_path / "redis").start()
     (tmp_path / "data" / "inputs").mkdir(parents=True)
     api = k8s_config.new_client_from_config(config_file=str(local_cluster.kubeconfig))
@@ -197,7 +201,7 @@ def farm(local_cluster, workerpool_crd, namespace, tmp_path):
     for proc in the_farm.operators:
         proc.stop(signal.SIGTERM, 15)
     the_farm.redis_server.stop()
-    # Forbidden calls would mean rbac.yaml is missing a rule the operator needs.
+    # Forbidden calls would mean the chart's operator Role is missing a rule the operator needs.
     forbidden = [line for line in the_farm.operator_logs().splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)]
     api.close()
     assert not forbidden, "the operator was refused by the API server:\n" + "\n".join(forbidden[:10])

@@ -1,6 +1,6 @@
 """The WorkerPool operator end to end: a real Kubernetes API (tests/k8s/conftest.py), a real
 redis-server, and the operator running out of the cluster as a subprocess, authenticated as
-the ServiceAccount bound to operator/rbac.yaml (never as admin).
+the ServiceAccount bound to the chart's operator Role (never as admin).
 
 The last test closes the loop: real Celery worker processes come and go with the pods the
 operator asks for, and 200 jobs all end ``succeeded`` exactly once.

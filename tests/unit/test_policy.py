@@ -387,7 +387,7 @@ def test_spec_validation_matches_the_crd_rules():
 
 
 def test_crd_defaults_equal_the_model_defaults():
-    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "operator" / "crd-workerpool.yaml").read_text())
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "helm" / "renderfarm" / "crds" / "workerpool.yaml").read_text())
     version = crd["spec"]["versions"][0]
     props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     model = WorkerPoolSpec(deployment="d", queues=[{"name": "cpu.low"}])
