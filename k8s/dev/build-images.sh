@@ -89,8 +89,10 @@ CONTEXT="$(context_hash)"
 
 build() { # repo tag-prefix dockerfile [build-arg ...]
   local repo="$1" prefix="$2" dockerfile="$3"; shift 3
-  local args=("$@") tag name t
-  tag="$prefix$(printf '%s\n' "$(sha256sum "$ROOT/$dockerfile")" "${args[@]}" "$BASE_ID" "$CONTEXT" |
+  local args=("$@") tag name t context=""
+  # the build context counts only for a Dockerfile that copies from it
+  if grep -Eq '^COPY[[:space:]]+[^-]' "$ROOT/$dockerfile"; then context="$CONTEXT"; fi
+  tag="$prefix$(printf '%s\n' "$(sha256sum "$ROOT/$dockerfile")" "${args[@]}" "$BASE_ID" "$context" |
                 sha256sum | cut -c1-12)"
   name="$repo:$tag"
   if ! have_image "$name"; then

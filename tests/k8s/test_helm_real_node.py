@@ -1,0 +1,238 @@
+"""`helm install` of helm/renderfarm onto the local cluster's real node, with the images built here.
+
+The release runs for real: API, bundled Redis, beat, the operator (in-cluster,
+as the chart's ServiceAccount) and the cpu pool are real pods on rf-node-0; the
+GPU pools are Deployments for the simulated GPU nodes.  The media volume and
+Redis' volume are hostPath PersistentVolumes on the node, so the test writes
+inputs and reads outputs (with ffprobe) on the host side of the same folder.
+
+The test process reaches the API through its Service's ClusterIP: kube-proxy's
+iptables rules apply to the host's own traffic too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localkube import LocalCluster
+import realnode
+from tests.support.media import ffprobe, make_clip, stream
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "helm" / "renderfarm"
+RELEASE = "renderfarm"  # fullname = release name (it contains the chart name)
+NS = "rf-e2e"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def split(image: str) -> dict[str, str]:
+    repo, _, tag = image.rpartition(":")
+    return {"repository": repo, "tag": tag}
+
+
+def hostpath_pv(name: str, path: Path, size: str, mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": [mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
+
+
+def values(images: dict[str, str], key_hash: str) -> dict[str, Any]:
+    small = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    return {
+        "images": {"pullPolicy": "Never", "api": split(images["API_IMAGE"]),
+                   "worker": split(images["WORKER_IMAGE"]), "workerGpu": split(images["WORKER_IMAGE"])},
+        "apiKeys": {"hashes": [key_hash]},
+        "api": {"replicas": 1, "resources": small},
+        "operator": {"intervalSeconds": 1, "resources": small},
+        "beat": {"resources": small},
+        "redis": {"image": split(images["REDIS_IMAGE"]), "resources": small},
+        "workers": {"pools": {"cpu": {
+            "minReplicas": 1, "maxReplicas": 4, "backlogPerReplica": 1, "concurrency": 1,
+            "idleDelaySeconds": 5, "terminationGracePeriodSeconds": 60,
+            "scaleUp": {"stabilizationWindowSeconds": 0, "maxStep": 10},
+            "scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 4},
+            "resources": small,
+        }}},
+    }
+
+
+@pytest.fixture(scope="module")
+def release(real_cluster: LocalCluster, built_images: dict[str, str]):
+    c = real_cluster
+    volumes = c.workdir / "node" / "volumes"
+    for name in ("media", "redis"):
+        (volumes / name).mkdir(parents=True, exist_ok=True)
+        os.chmod(volumes / name, 0o777)  # hostPath volumes get no fsGroup change
+    (volumes / "media" / "inputs").mkdir(exist_ok=True)
+    os.chmod(volumes / "media" / "inputs", 0o777)
+    c.kubectl("apply", "-f", "-", check=True, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        hostpath_pv(f"{NS}-media", volumes / "media", "50Gi", "ReadWriteMany"),
+        hostpath_pv(f"{NS}-redis", volumes / "redis", "8Gi", "ReadWriteOnce"),
+    ]}))
+    key = secrets.token_urlsafe(24)
+    values_file = c.workdir / "e2e-values.json"
+    values_file.write_text(json.dumps(values(built_images, hashlib.sha256(key.encode()).hexdigest())))
+    t0 = time.monotonic()
+    proc = c.helm("install", RELEASE, CHART, "-n", NS, "--create-namespace", "-f", values_file,
+                  "--wait", "--timeout", "5m", timeout=360)
+    install_s = time.monotonic() - t0
+    if proc.returncode != 0:
+        pods = c.kubectl("get", "pods,pvc", "-n", NS, "-o", "wide").stdout
+        events = c.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp").stdout[-4000:]
+        pytest.fail(f"helm install failed: {proc.stderr[-2000:]}\n{pods}\n{events}")
+    svc = c.kubectl_json("get", "service", f"{RELEASE}-api", "-n", NS)
+    base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    print(f"helm install --wait: {install_s:.1f}s")
+    yield {"base": base, "headers": {"Authorization": f"Bearer {key}"}, "media": volumes / "media",
+           "install_s": install_s}
+    c.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "2m", timeout=180)
+    c.kubectl("delete", "namespace", NS, "--wait=false")
+
+
+def pods(c: LocalCluster, selector: str) -> list[dict[str, Any]]:
+    return c.kubectl_json("get", "pods", "-n", NS, "-l", selector)["items"]
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(x["type"] == "Ready" and x["status"] == "True" for x in pod["status"].get("conditions", []))
+
+
+def wait_job(base: str, headers: dict[str, str], job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not done after {timeout}s: {job}")
+
+
+def host_path(media: Path, uri: str) -> Path:
+    return media / uri.removeprefix("file:///data/")
+
+
+def submit(base: str, headers: dict[str, str], clip: str, height: int = 144) -> str:
+    body = {"kind": "transcode", "input": f"file:///data/inputs/{clip}", "priority": "normal",
+            "params": {"renditions": [{"height": height}]}}
+    r = httpx.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=10)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+# --------------------------------------------------------------------------
+
+
+def test_install_brings_every_farm_pod_ready_on_the_real_node(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    all_pods = c.kubectl_json("get", "pods", "-n", NS)["items"]
+    by_component: dict[str, list[dict[str, Any]]] = {}
+    for p in all_pods:
+        by_component.setdefault(p["metadata"]["labels"].get("app.kubernetes.io/component", "?"), []).append(p)
+    print({k: len(v) for k, v in by_component.items()})
+    for p in all_pods:
+        if p["metadata"].get("annotations", {}).get("helm.sh/hook"):
+            continue
+        assert ready(p), f"{p['metadata']['name']} not Ready: {p['status']}"
+        # every running farm pod is on the real node (GPU pools have no pods at minReplicas 0)
+        assert p["spec"]["nodeName"] == realnode.NODE_NAME, p["metadata"]["name"]
+        assert p["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    names = " ".join(p["metadata"]["name"] for p in all_pods)
+    for part in ("-api-", "-redis-0", "-beat-", "-operator-", "-worker-cpu-"):
+        assert part in names, f"no {part} pod in {names}"
+    wp = c.kubectl("get", "wp", "-n", NS, check=True).stdout
+    header = wp.splitlines()[0].split()
+    assert header[:2] == ["NAME", "DEPLOYMENT"] and "BACKLOG" in header, wp
+    assert {"cpu", "gpu-transcribe", "gpu-vision"} <= {ln.split()[0] for ln in wp.splitlines()[1:]}, wp
+
+
+def test_helm_test_passes(real_cluster: LocalCluster, release) -> None:
+    t0 = time.monotonic()
+    proc = real_cluster.helm("test", RELEASE, "-n", NS, "--timeout", "4m", "--logs", timeout=300)
+    print(f"helm test: {time.monotonic() - t0:.1f}s")
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "Phase:          Succeeded" in proc.stdout, proc.stdout
+
+
+def test_transcode_through_the_api_service_succeeds_and_ffprobe_checks_it(release) -> None:
+    base, headers, media = release["base"], release["headers"], release["media"]
+    clip = make_clip(media / "inputs" / "e2e.mp4", duration=2, width=320, height=240)
+    os.chmod(clip, 0o644)
+    job_id = submit(base, headers, "e2e.mp4", height=144)
+    job = wait_job(base, headers, job_id)
+    assert job["status"] == "succeeded", job
+    outputs = job["result"]["outputs"]
+    assert [o["name"] for o in outputs] == ["144p.mp4"], outputs
+    out = host_path(media, outputs[0]["uri"])
+    video = stream(ffprobe(out), "video")
+    assert video["height"] == 144 and video["codec_name"] == "h264", video
+    assert abs(float(ffprobe(out)["format"]["duration"]) - 2.0) < 0.2
+
+
+def test_backlog_scales_the_cpu_pool_up_with_real_pods_and_back_down(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    base, headers, media = release["base"], release["headers"], release["media"]
+    selector = "app.kubernetes.io/component=worker-cpu"
+    wp = c.kubectl_json("get", "wp", "cpu", "-n", NS)
+    dep = wp["spec"]["deployment"]
+    before = {p["metadata"]["name"] for p in pods(c, f"app.kubernetes.io/name=renderfarm")
+              if p["metadata"]["name"].startswith(dep)}
+    assert len(before) == 1, before
+    clip = make_clip(media / "inputs" / "scale.mp4", duration=4, width=640, height=360)
+    os.chmod(clip, 0o644)
+    t0 = time.monotonic()
+    ids = [submit(base, headers, "scale.mp4", height=240) for _ in range(10)]
+    # the operator (in-cluster) sees the backlog and scales the Deployment; new real pods turn Ready
+    first_new_ready = None
+    peak = 1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = [p for p in c.kubectl_json("get", "pods", "-n", NS)["items"] if p["metadata"]["name"].startswith(dep)]
+        new_ready = [p for p in now if p["metadata"]["name"] not in before and ready(p)]
+        if new_ready and first_new_ready is None:
+            first_new_ready = time.monotonic() - t0
+        peak = max(peak, sum(1 for p in now if ready(p)))
+        if peak >= 3:
+            break
+        time.sleep(0.25)
+    print(f"backlog -> first new worker pod Ready: {first_new_ready}s; peak Ready worker pods {peak}")
+    assert first_new_ready is not None, c.kubectl("describe", "wp", "cpu", "-n", NS).stdout[-3000:]
+    assert peak >= 3
+    jobs = [wait_job(base, headers, i, timeout=300) for i in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [(j["id"], j["status"]) for j in jobs]
+    # none lost, none run twice
+    assert [j.get("attempts", 1) for j in jobs] == [1] * len(ids), [j.get("attempts") for j in jobs]
+    workers = {j.get("worker") for j in jobs} - {None}
+    print(f"jobs ran on {len(workers)} workers")
+    for j in jobs:
+        out = host_path(media, j["result"]["outputs"][0]["uri"])
+        assert stream(ffprobe(out), "video")["height"] == 240
+    # idle: back down to minReplicas
+    deadline = time.monotonic() + 150
+    replicas = None
+    while time.monotonic() < deadline:
+        replicas = c.kubectl_json("get", "deployment", dep, "-n", NS)["spec"]["replicas"]
+        if replicas == 1:
+            break
+        time.sleep(1)
+    assert replicas == 1, c.kubectl_json("get", "wp", "cpu", "-n", NS)["status"]
