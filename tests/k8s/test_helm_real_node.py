@@ -236,3 +236,172 @@ def test_backlog_scales_the_cpu_pool_up_with_real_pods_and_back_down(real_cluste
             break
         time.sleep(1)
     assert replicas == 1, c.kubectl_json("get", "wp", "cpu", "-n", NS)["status"]
+
+
+def wp_status(c: LocalCluster, name: str) -> dict[str, Any]:
+    return c.kubectl_json("get", "wp", name, "-n", NS)
+
+
+def deployment_replicas(c: LocalCluster, name: str) -> int:
+    return c.kubectl_json("get", "deployment", name, "-n", NS)["spec"]["replicas"]
+
+
+def wait_for(what: str, check: Any, timeout: float, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last})")
+
+
+def test_kubectl_scale_pins_the_pool_and_clearing_the_pin_resumes(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    dep = wp_status(c, "cpu")["spec"]["deployment"]
+    c.kubectl("scale", "wp/cpu", "--replicas=2", "-n", NS, check=True)
+    assert wp_status(c, "cpu")["spec"]["pinnedReplicas"] == 2
+    wait_for("2 replicas while pinned", lambda: deployment_replicas(c, dep) == 2, 30)
+    wait_for("2 real worker pods Ready", lambda: c.kubectl_json("get", "deployment", dep, "-n", NS)
+             ["status"].get("readyReplicas") == 2, 60)
+    row = next(ln for ln in c.kubectl("get", "wp", "-n", NS, check=True).stdout.splitlines() if ln.startswith("cpu "))
+    assert " 2 " in row, row  # the PINNED column
+    c.kubectl("patch", "wp/cpu", "-n", NS, "--type=merge", "-p", '{"spec":{"pinnedReplicas":null}}', check=True)
+    # idle farm: autoscaling takes it back to minReplicas
+    wait_for("back to 1 replica", lambda: deployment_replicas(c, dep) == 1, 60)
+
+
+def test_patch_pools_changes_max_and_the_operator_obeys(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    base, headers, media = release["base"], release["headers"], release["media"]
+    dep = wp_status(c, "cpu")["spec"]["deployment"]
+    listed = httpx.get(f"{base}/v1/pools", headers=headers, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert {p["name"] for p in listed.json()} >= {"cpu", "gpu-transcribe", "gpu-vision"}
+    r = httpx.patch(f"{base}/v1/pools/cpu", json={"max_replicas": 2}, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text  # the API's ServiceAccount may patch WorkerPools
+    assert wp_status(c, "cpu")["spec"]["maxReplicas"] == 2
+    try:
+        clip = make_clip(media / "inputs" / "max.mp4", duration=4, width=640, height=360)
+        os.chmod(clip, 0o644)
+        ids = [submit(base, headers, "max.mp4", height=240) for _ in range(8)]
+        peak = 0
+        deadline = time.monotonic() + 240
+        done = 0
+        while time.monotonic() < deadline and done < len(ids):
+            peak = max(peak, deployment_replicas(c, dep))
+            done = sum(httpx.get(f"{base}/v1/jobs/{i}", headers=headers, timeout=10).json()["status"] in TERMINAL
+                       for i in ids)
+            time.sleep(0.5)
+        assert done == len(ids)
+        assert peak == 2, f"peak replicas {peak} with max 2 and a backlog of 8"
+    finally:
+        r = httpx.patch(f"{base}/v1/pools/cpu", json={"max_replicas": 4}, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+
+
+def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    base, headers, media = release["base"], release["headers"], release["media"]
+    clip = make_clip(media / "inputs" / "long.mp4", duration=20, width=640, height=360)
+    os.chmod(clip, 0o644)
+    job_id = submit(base, headers, "long.mp4", height=360)
+    job = wait_for("the job running", lambda: (lambda j: j if j["status"] == "running" and j.get("worker") else None)(
+        httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()), 60, 0.2)
+    pod_name = job["worker"].split("@", 1)[1]
+    c.kubectl("delete", "pod", pod_name, "-n", NS, "--grace-period=60", "--wait=false", check=True)
+    final = wait_job(base, headers, job_id, timeout=240)
+    # warm shutdown within the grace period: the job finishes on the pod being deleted
+    # (or, cut off, runs again exactly once)
+    assert final["status"] == "succeeded", final
+    assert final["attempts"] in (1, 2), final
+    if final["attempts"] == 1:
+        assert final["worker"] == job["worker"]
+    print(f"mid-job delete: attempts {final['attempts']}, worker {final['worker']}")
+    assert stream(ffprobe(host_path(media, final["result"]["outputs"][0]["uri"])), "video")["height"] == 360
+
+
+def test_helm_upgrade_rolls_the_workers_while_jobs_are_in_flight(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    base, headers, media = release["base"], release["headers"], release["media"]
+    dep = wp_status(c, "cpu")["spec"]["deployment"]
+    old_rs = c.kubectl_json("get", "deployment", dep, "-n", NS)["metadata"]["annotations"][
+        "deployment.kubernetes.io/revision"]
+    clip = make_clip(media / "inputs" / "upgrade.mp4", duration=6, width=640, height=360)
+    os.chmod(clip, 0o644)
+    ids = [submit(base, headers, "upgrade.mp4", height=240) for _ in range(6)]
+    wait_for("a job running", lambda: any(
+        httpx.get(f"{base}/v1/jobs/{i}", headers=headers, timeout=10).json()["status"] == "running" for i in ids), 60)
+    proc = c.helm("upgrade", RELEASE, CHART, "-n", NS, "--reuse-values",
+                  "--set", "workers.pools.cpu.concurrency=2", "--wait", "--timeout", "5m", timeout=360)
+    assert proc.returncode == 0, proc.stderr
+    new = c.kubectl_json("get", "deployment", dep, "-n", NS)
+    assert new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] != old_rs  # the pods rolled
+    jobs = [wait_job(base, headers, i, timeout=300) for i in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [(j["id"], j["status"], j.get("error"))
+                                                                      for j in jobs]
+    assert all(j["attempts"] in (1, 2) for j in jobs), [j["attempts"] for j in jobs]
+
+
+def test_gpu_backlog_scales_onto_the_simulated_gpu_nodes_until_capacity_runs_out(
+        real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    base, headers = release["base"], release["headers"]
+    dep = wp_status(c, "gpu-vision")["spec"]["deployment"]
+    os.chmod(make_clip(release["media"] / "inputs" / "gpu.mp4", duration=1), 0o644)
+    # room above the two GPUs of the simulated nodes, so that capacity (not max) is the limit
+    r = httpx.patch(f"{base}/v1/pools/gpu-vision", json={"max_replicas": 10}, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+
+    def conditions() -> dict[str, Any]:
+        return {x["type"]: x for x in wp_status(c, "gpu-vision").get("status", {}).get("conditions", [])}
+
+    ids: list[str] = []
+    try:
+        # the backlog grows one job at a time: each new job asks for more replicas, so the
+        # operator reads the pods and finds the Pending (Unschedulable) ones
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and conditions().get("CapacityLimited", {}).get("status") != "True":
+            if len(ids) < 12:
+                r = httpx.post(f"{base}/v1/jobs", json={"kind": "vision", "input": "file:///data/inputs/gpu.mp4"},
+                               headers=headers, timeout=10)
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+            time.sleep(1.5)
+        gpu_pods = [p for p in c.kubectl_json("get", "pods", "-n", NS)["items"]
+                    if p["metadata"]["name"].startswith(dep)]
+        phases = [(p["metadata"]["name"], p["status"].get("phase"), p["spec"].get("nodeName")) for p in gpu_pods]
+        cond = conditions().get("CapacityLimited", {})
+        assert cond.get("status") == "True", f"{cond}\n{phases}"
+        print(f"CapacityLimited after {len(ids)} jobs: {cond.get('message')}; pods {phases}")
+        running = [p for p in gpu_pods if p["status"].get("phase") == "Running"]
+        assert {p["spec"]["nodeName"] for p in running} == {"rf-gpu-0", "rf-gpu-1"}, phases
+        assert len(running) == 2, phases
+        # it stopped growing: fewer replicas than the backlog asks for
+        assert deployment_replicas(c, dep) < len(ids)
+    finally:
+        for i in ids:
+            httpx.post(f"{base}/v1/jobs/{i}/cancel", headers=headers, timeout=10)
+        httpx.patch(f"{base}/v1/pools/gpu-vision", json={"max_replicas": 4}, headers=headers, timeout=10)
+        c.kubectl("scale", "wp/gpu-vision", "--replicas=0", "-n", NS)
+
+
+def test_uninstall_removes_everything_but_the_crd_and_the_pvcs(real_cluster: LocalCluster, release) -> None:
+    c = real_cluster
+    proc = c.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    left = c.kubectl_json("get", "deployments,statefulsets,services,configmaps,secrets,serviceaccounts,roles,"
+                          "rolebindings,workerpools,poddisruptionbudgets,networkpolicies", "-n", NS)["items"]
+    ours = [o for o in left if o["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE]
+    # what the chart marks helm.sh/resource-policy: keep stays on purpose (printed for the record)
+    kept = [f"{o['kind']}/{o['metadata']['name']}" for o in ours
+            if o["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"]
+    print(f"kept after uninstall: {kept}")
+    assert not [f"{o['kind']}/{o['metadata']['name']}" for o in ours
+                if f"{o['kind']}/{o['metadata']['name']}" not in kept]
+    wait_for("farm pods gone", lambda: not [p for p in c.kubectl_json("get", "pods", "-n", NS)["items"]
+                                            if not p["metadata"].get("annotations", {}).get("helm.sh/hook")], 120)
+    assert c.kubectl("get", "crd", "workerpools.renderfarm.io").returncode == 0  # Helm keeps CRDs
+    pvcs = {p["metadata"]["name"] for p in c.kubectl_json("get", "pvc", "-n", NS)["items"]}
+    assert any("redis" in n for n in pvcs), pvcs  # the StatefulSet's claim stays (Helm's rule)
