@@ -12,12 +12,9 @@ iptables rules apply to the host's own traffic too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,118 +23,24 @@ import pytest
 from localkube import LocalCluster
 import realnode
 from tests.support.media import ffprobe, make_clip, stream
+from tests.support.real_release import CHART, TERMINAL, Release, install, ready
 
 pytestmark = pytest.mark.timeout(600)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "helm" / "renderfarm"
 RELEASE = "renderfarm"  # fullname = release name (it contains the chart name)
 NS = "rf-e2e"
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def split(image: str) -> dict[str, str]:
-    repo, _, tag = image.rpartition(":")
-    return {"repository": repo, "tag": tag}
-
-
-def hostpath_pv(name: str, path: Path, size: str, mode: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": [mode],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": str(path), "type": "Directory"},
-        },
-    }
-
-
-def values(images: dict[str, str], key_hash: str) -> dict[str, Any]:
-    small = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
-    return {
-        "images": {"pullPolicy": "Never", "api": split(images["API_IMAGE"]),
-                   "worker": split(images["WORKER_IMAGE"]), "workerGpu": split(images["WORKER_IMAGE"])},
-        "apiKeys": {"hashes": [key_hash]},
-        "api": {"replicas": 1, "resources": small},
-        "operator": {"intervalSeconds": 1, "resources": small},
-        "beat": {"resources": small},
-        "redis": {"image": split(images["REDIS_IMAGE"]), "resources": small},
-        "workers": {"pools": {"cpu": {
-            "minReplicas": 1, "maxReplicas": 4, "backlogPerReplica": 1, "concurrency": 1,
-            "idleDelaySeconds": 5, "terminationGracePeriodSeconds": 60,
-            "scaleUp": {"stabilizationWindowSeconds": 0, "maxStep": 10},
-            "scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 4},
-            "resources": small,
-        }}},
-    }
 
 
 @pytest.fixture(scope="module")
 def release(real_cluster: LocalCluster, built_images: dict[str, str]):
-    c = real_cluster
-    volumes = c.workdir / "node" / "volumes"
-    for name in ("media", "redis"):
-        (volumes / name).mkdir(parents=True, exist_ok=True)
-        os.chmod(volumes / name, 0o777)  # hostPath volumes get no fsGroup change
-    (volumes / "media" / "inputs").mkdir(exist_ok=True)
-    os.chmod(volumes / "media" / "inputs", 0o777)
-    c.kubectl("apply", "-f", "-", check=True, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        hostpath_pv(f"{NS}-media", volumes / "media", "50Gi", "ReadWriteMany"),
-        hostpath_pv(f"{NS}-redis", volumes / "redis", "8Gi", "ReadWriteOnce"),
-    ]}))
-    key = secrets.token_urlsafe(24)
-    values_file = c.workdir / "e2e-values.json"
-    values_file.write_text(json.dumps(values(built_images, hashlib.sha256(key.encode()).hexdigest())))
-    t0 = time.monotonic()
-    proc = c.helm("install", RELEASE, CHART, "-n", NS, "--create-namespace", "-f", values_file,
-                  "--wait", "--timeout", "5m", timeout=360)
-    install_s = time.monotonic() - t0
-    if proc.returncode != 0:
-        pods = c.kubectl("get", "pods,pvc", "-n", NS, "-o", "wide").stdout
-        events = c.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp").stdout[-4000:]
-        pytest.fail(f"helm install failed: {proc.stderr[-2000:]}\n{pods}\n{events}")
-    svc = c.kubectl_json("get", "service", f"{RELEASE}-api", "-n", NS)
-    base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
-    print(f"helm install --wait: {install_s:.1f}s")
-    yield {"base": base, "headers": {"Authorization": f"Bearer {key}"}, "media": volumes / "media",
-           "install_s": install_s}
-    c.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "2m", timeout=180)
-    c.kubectl("delete", "namespace", NS, "--wait=false")
+    rel = install(real_cluster, built_images, namespace=NS, name=RELEASE)
+    print(f"helm install --wait: {rel.install_s:.1f}s")
+    yield rel
+    rel.uninstall()
 
 
 def pods(c: LocalCluster, selector: str) -> list[dict[str, Any]]:
     return c.kubectl_json("get", "pods", "-n", NS, "-l", selector)["items"]
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(x["type"] == "Ready" and x["status"] == "True" for x in pod["status"].get("conditions", []))
-
-
-def wait_job(base: str, headers: dict[str, str], job_id: str, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not done after {timeout}s: {job}")
-
-
-def host_path(media: Path, uri: str) -> Path:
-    return media / uri.removeprefix("file:///data/")
-
-
-def submit(base: str, headers: dict[str, str], clip: str, height: int = 144) -> str:
-    body = {"kind": "transcode", "input": f"file:///data/inputs/{clip}", "priority": "normal",
-            "params": {"renditions": [{"height": height}]}}
-    r = httpx.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=10)
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
 
 
 # --------------------------------------------------------------------------
@@ -175,15 +78,15 @@ def test_helm_test_passes(real_cluster: LocalCluster, release) -> None:
 
 
 def test_transcode_through_the_api_service_succeeds_and_ffprobe_checks_it(release) -> None:
-    base, headers, media = release["base"], release["headers"], release["media"]
-    clip = make_clip(media / "inputs" / "e2e.mp4", duration=2, width=320, height=240)
+    rel: Release = release
+    clip = make_clip(rel.media / "inputs" / "e2e.mp4", duration=2, width=320, height=240)
     os.chmod(clip, 0o644)
-    job_id = submit(base, headers, "e2e.mp4", height=144)
-    job = wait_job(base, headers, job_id)
+    job_id = rel.submit("e2e.mp4", height=144)
+    job = rel.wait_job(job_id)
     assert job["status"] == "succeeded", job
     outputs = job["result"]["outputs"]
     assert [o["name"] for o in outputs] == ["144p.mp4"], outputs
-    out = host_path(media, outputs[0]["uri"])
+    out = rel.host_path(outputs[0]["uri"])
     video = stream(ffprobe(out), "video")
     assert video["height"] == 144 and video["codec_name"] == "h264", video
     assert abs(float(ffprobe(out)["format"]["duration"]) - 2.0) < 0.2
@@ -191,17 +94,17 @@ def test_transcode_through_the_api_service_succeeds_and_ffprobe_checks_it(releas
 
 def test_backlog_scales_the_cpu_pool_up_with_real_pods_and_back_down(real_cluster: LocalCluster, release) -> None:
     c = real_cluster
-    base, headers, media = release["base"], release["headers"], release["media"]
+    rel: Release = release
     selector = "app.kubernetes.io/component=worker-cpu"
     wp = c.kubectl_json("get", "wp", "cpu", "-n", NS)
     dep = wp["spec"]["deployment"]
     before = {p["metadata"]["name"] for p in pods(c, f"app.kubernetes.io/name=renderfarm")
               if p["metadata"]["name"].startswith(dep)}
     assert len(before) == 1, before
-    clip = make_clip(media / "inputs" / "scale.mp4", duration=4, width=640, height=360)
+    clip = make_clip(rel.media / "inputs" / "scale.mp4", duration=4, width=640, height=360)
     os.chmod(clip, 0o644)
     t0 = time.monotonic()
-    ids = [submit(base, headers, "scale.mp4", height=240) for _ in range(10)]
+    ids = [rel.submit("scale.mp4", height=240) for _ in range(10)]
     # the operator (in-cluster) sees the backlog and scales the Deployment; new real pods turn Ready
     first_new_ready = None
     peak = 1
@@ -218,14 +121,14 @@ def test_backlog_scales_the_cpu_pool_up_with_real_pods_and_back_down(real_cluste
     print(f"backlog -> first new worker pod Ready: {first_new_ready}s; peak Ready worker pods {peak}")
     assert first_new_ready is not None, c.kubectl("describe", "wp", "cpu", "-n", NS).stdout[-3000:]
     assert peak >= 3
-    jobs = [wait_job(base, headers, i, timeout=300) for i in ids]
+    jobs = [rel.wait_job(i, timeout=300) for i in ids]
     assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [(j["id"], j["status"]) for j in jobs]
     # none lost, none run twice
     assert [j.get("attempts", 1) for j in jobs] == [1] * len(ids), [j.get("attempts") for j in jobs]
     workers = {j.get("worker") for j in jobs} - {None}
     print(f"jobs ran on {len(workers)} workers")
     for j in jobs:
-        out = host_path(media, j["result"]["outputs"][0]["uri"])
+        out = rel.host_path(j["result"]["outputs"][0]["uri"])
         assert stream(ffprobe(out), "video")["height"] == 240
     # idle: back down to minReplicas
     deadline = time.monotonic() + 150
@@ -274,44 +177,44 @@ def test_kubectl_scale_pins_the_pool_and_clearing_the_pin_resumes(real_cluster: 
 
 def test_patch_pools_changes_max_and_the_operator_obeys(real_cluster: LocalCluster, release) -> None:
     c = real_cluster
-    base, headers, media = release["base"], release["headers"], release["media"]
+    rel: Release = release
     dep = wp_status(c, "cpu")["spec"]["deployment"]
-    listed = httpx.get(f"{base}/v1/pools", headers=headers, timeout=10)
+    listed = httpx.get(f"{rel.base}/v1/pools", headers=rel.headers, timeout=10)
     assert listed.status_code == 200, listed.text
     assert {p["name"] for p in listed.json()} >= {"cpu", "gpu-transcribe", "gpu-vision"}
-    r = httpx.patch(f"{base}/v1/pools/cpu", json={"max_replicas": 2}, headers=headers, timeout=10)
+    r = httpx.patch(f"{rel.base}/v1/pools/cpu", json={"max_replicas": 2}, headers=rel.headers, timeout=10)
     assert r.status_code == 200, r.text  # the API's ServiceAccount may patch WorkerPools
     assert wp_status(c, "cpu")["spec"]["maxReplicas"] == 2
     try:
-        clip = make_clip(media / "inputs" / "max.mp4", duration=4, width=640, height=360)
+        clip = make_clip(rel.media / "inputs" / "max.mp4", duration=4, width=640, height=360)
         os.chmod(clip, 0o644)
-        ids = [submit(base, headers, "max.mp4", height=240) for _ in range(8)]
+        ids = [rel.submit("max.mp4", height=240) for _ in range(8)]
         peak = 0
         deadline = time.monotonic() + 240
         done = 0
         while time.monotonic() < deadline and done < len(ids):
             peak = max(peak, deployment_replicas(c, dep))
-            done = sum(httpx.get(f"{base}/v1/jobs/{i}", headers=headers, timeout=10).json()["status"] in TERMINAL
+            done = sum(httpx.get(f"{rel.base}/v1/jobs/{i}", headers=rel.headers, timeout=10).json()["status"] in TERMINAL
                        for i in ids)
             time.sleep(0.5)
         assert done == len(ids)
         assert peak == 2, f"peak replicas {peak} with max 2 and a backlog of 8"
     finally:
-        r = httpx.patch(f"{base}/v1/pools/cpu", json={"max_replicas": 4}, headers=headers, timeout=10)
+        r = httpx.patch(f"{rel.base}/v1/pools/cpu", json={"max_replicas": 4}, headers=rel.headers, timeout=10)
         assert r.status_code == 200, r.text
 
 
 def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(real_cluster: LocalCluster, release) -> None:
     c = real_cluster
-    base, headers, media = release["base"], release["headers"], release["media"]
-    clip = make_clip(media / "inputs" / "long.mp4", duration=20, width=640, height=360)
+    rel: Release = release
+    clip = make_clip(rel.media / "inputs" / "long.mp4", duration=20, width=640, height=360)
     os.chmod(clip, 0o644)
-    job_id = submit(base, headers, "long.mp4", height=360)
+    job_id = rel.submit("long.mp4", height=360)
     job = wait_for("the job running", lambda: (lambda j: j if j["status"] == "running" and j.get("worker") else None)(
-        httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()), 60, 0.2)
+        httpx.get(f"{rel.base}/v1/jobs/{job_id}", headers=rel.headers, timeout=10).json()), 60, 0.2)
     pod_name = job["worker"].split("@", 1)[1]
     c.kubectl("delete", "pod", pod_name, "-n", NS, "--grace-period=60", "--wait=false", check=True)
-    final = wait_job(base, headers, job_id, timeout=240)
+    final = rel.wait_job(job_id, timeout=240)
     # warm shutdown within the grace period: the job finishes on the pod being deleted
     # (or, cut off, runs again exactly once)
     assert final["status"] == "succeeded", final
@@ -319,26 +222,26 @@ def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(real_cluster: LocalCl
     if final["attempts"] == 1:
         assert final["worker"] == job["worker"]
     print(f"mid-job delete: attempts {final['attempts']}, worker {final['worker']}")
-    assert stream(ffprobe(host_path(media, final["result"]["outputs"][0]["uri"])), "video")["height"] == 360
+    assert stream(ffprobe(rel.host_path(final["result"]["outputs"][0]["uri"])), "video")["height"] == 360
 
 
 def test_helm_upgrade_rolls_the_workers_while_jobs_are_in_flight(real_cluster: LocalCluster, release) -> None:
     c = real_cluster
-    base, headers, media = release["base"], release["headers"], release["media"]
+    rel: Release = release
     dep = wp_status(c, "cpu")["spec"]["deployment"]
     old_rs = c.kubectl_json("get", "deployment", dep, "-n", NS)["metadata"]["annotations"][
         "deployment.kubernetes.io/revision"]
-    clip = make_clip(media / "inputs" / "upgrade.mp4", duration=6, width=640, height=360)
+    clip = make_clip(rel.media / "inputs" / "upgrade.mp4", duration=6, width=640, height=360)
     os.chmod(clip, 0o644)
-    ids = [submit(base, headers, "upgrade.mp4", height=240) for _ in range(6)]
+    ids = [rel.submit("upgrade.mp4", height=240) for _ in range(6)]
     wait_for("a job running", lambda: any(
-        httpx.get(f"{base}/v1/jobs/{i}", headers=headers, timeout=10).json()["status"] == "running" for i in ids), 60)
+        httpx.get(f"{rel.base}/v1/jobs/{i}", headers=rel.headers, timeout=10).json()["status"] == "running" for i in ids), 60)
     proc = c.helm("upgrade", RELEASE, CHART, "-n", NS, "--reuse-values",
                   "--set", "workers.pools.cpu.concurrency=2", "--wait", "--timeout", "5m", timeout=360)
     assert proc.returncode == 0, proc.stderr
     new = c.kubectl_json("get", "deployment", dep, "-n", NS)
     assert new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] != old_rs  # the pods rolled
-    jobs = [wait_job(base, headers, i, timeout=300) for i in ids]
+    jobs = [rel.wait_job(i, timeout=300) for i in ids]
     assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [(j["id"], j["status"], j.get("error"))
                                                                       for j in jobs]
     assert all(j["attempts"] in (1, 2) for j in jobs), [j["attempts"] for j in jobs]
@@ -347,11 +250,11 @@ def test_helm_upgrade_rolls_the_workers_while_jobs_are_in_flight(real_cluster: L
 def test_gpu_backlog_scales_onto_the_simulated_gpu_nodes_until_capacity_runs_out(
         real_cluster: LocalCluster, release) -> None:
     c = real_cluster
-    base, headers = release["base"], release["headers"]
+    rel: Release = release
     dep = wp_status(c, "gpu-vision")["spec"]["deployment"]
-    os.chmod(make_clip(release["media"] / "inputs" / "gpu.mp4", duration=1), 0o644)
+    os.chmod(make_clip(rel.media / "inputs" / "gpu.mp4", duration=1), 0o644)
     # room above the two GPUs of the simulated nodes, so that capacity (not max) is the limit
-    r = httpx.patch(f"{base}/v1/pools/gpu-vision", json={"max_replicas": 10}, headers=headers, timeout=10)
+    r = httpx.patch(f"{rel.base}/v1/pools/gpu-vision", json={"max_replicas": 10}, headers=rel.headers, timeout=10)
     assert r.status_code == 200, r.text
 
     def conditions() -> dict[str, Any]:
@@ -364,8 +267,8 @@ def test_gpu_backlog_scales_onto_the_simulated_gpu_nodes_until_capacity_runs_out
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and conditions().get("CapacityLimited", {}).get("status") != "True":
             if len(ids) < 12:
-                r = httpx.post(f"{base}/v1/jobs", json={"kind": "vision", "input": "file:///data/inputs/gpu.mp4"},
-                               headers=headers, timeout=10)
+                r = httpx.post(f"{rel.base}/v1/jobs", json={"kind": "vision", "input": "file:///data/inputs/gpu.mp4"},
+                               headers=rel.headers, timeout=10)
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["id"])
             time.sleep(1.5)
@@ -382,8 +285,8 @@ def test_gpu_backlog_scales_onto_the_simulated_gpu_nodes_until_capacity_runs_out
         assert deployment_replicas(c, dep) < len(ids)
     finally:
         for i in ids:
-            httpx.post(f"{base}/v1/jobs/{i}/cancel", headers=headers, timeout=10)
-        httpx.patch(f"{base}/v1/pools/gpu-vision", json={"max_replicas": 4}, headers=headers, timeout=10)
+            httpx.post(f"{rel.base}/v1/jobs/{i}/cancel", headers=rel.headers, timeout=10)
+        httpx.patch(f"{rel.base}/v1/pools/gpu-vision", json={"max_replicas": 4}, headers=rel.headers, timeout=10)
         c.kubectl("scale", "wp/gpu-vision", "--replicas=0", "-n", NS)
 
 
