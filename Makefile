@@ -19,7 +19,8 @@ help:
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
 	@echo "make soak    fault soak: 500 jobs, 100 faults; prints duplicates, lost, stuck, time to recover"
-	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached)"
+	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached); REAL_NODE=1 adds a real node"
+	@echo "make images  build the API, CPU worker and Redis images with buildah (build/images.env)"
 	@echo "make manifests   regenerate the chart's pool list and the plain manifests in k8s/"
 	@echo "make chart-lint  helm lint --strict of helm/renderfarm (the project's pinned helm)"
 
@@ -43,7 +44,7 @@ install: system-deps $(INSTALL_STAMP)
 run: install
 	$(VENV)/bin/renderfarm local
 
-test: install k8s-tools
+test: install k8s-tools node-tools images
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-fast: install

@@ -12,7 +12,7 @@ Starts its own redis-server, API (one uvicorn process) and Celery workers, then:
             (plus a bare Celery no-op rate, for context)
 4. transcode   a transcode job's run time (started_at -> finished_at) vs the identical
             ffmpeg argv run directly, median of N, interleaved      target <= 1.05x
-5. gpu / operator  bench/bench_gpu.py and bench/bench_operator.py ``run(report)``, if present
+5. gpu / operator / real-node  bench/bench_gpu.py, bench_operator.py, bench_real_node.py ``run(report)``, if present
 
 Writes bench/results/bench-<UTC timestamp>.json and bench/results/latest.json and
 prints a table. Speed is reported, never asserted: the exit status is non-zero only
@@ -65,7 +65,7 @@ from tests.support.procs import (  # noqa: E402
     wait_for,
 )
 
-SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator")
+SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 API_KEY = "bench-key-0123456789abcdef"
 
@@ -1254,6 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
             "transcode": bench.bench_transcode,
             "gpu": lambda: bench.bench_module("gpu", "bench_gpu.py"),
             "operator": lambda: bench.bench_module("operator", "bench_operator.py"),
+            "real-node": lambda: bench.bench_module("real-node", "bench_real_node.py"),
         }
         for section in SECTIONS:
             if section not in sections:

@@ -19,9 +19,11 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VERSIONS_FILE="$HERE/versions.env"
 
-# The cache key is a hash of the KEY=VALUE lines only (comments do not count).
-# localkube.py computes the same key; keep the two in step.
-versions_lines() { grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$VERSIONS_FILE" | sed -e 's/[[:space:]]*$//'; }
+# The cache key is a hash of the KEY=VALUE lines of the tools built here only
+# (comments and the real node's lines do not count; the node has its own key in
+# build-node.sh). localkube.py computes the same key; keep the two in step.
+TOOL_KEYS='KUBERNETES_VERSION|ETCD_VERSION|KWOK_VERSION|HELM_VERSION'
+versions_lines() { grep -E "^($TOOL_KEYS)=" "$VERSIONS_FILE" | sed -e 's/[[:space:]]*$//'; }
 KEY="$(versions_lines | sha256sum | cut -c1-12)"
 CACHE_ROOT="${RF_K8S_CACHE:-$HOME/.cache/renderfarm/k8s}"
 DIR="$CACHE_ROOT/$KEY"
@@ -88,78 +90,14 @@ export CGO_ENABLED=0
 export GOWORK=off
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# now, elapsed, mod_field, prepare_module, build_one, install_one, kube_ldflags
+# (shared with build-node.sh)
+# shellcheck source=gomod-lib.sh
+. "$HERE/gomod-lib.sh"
 TIMES_FILE="$DIR/build-times.txt"
 T_TOTAL="$(now)"
 echo "k8s tools: building into $BIN with $("$GO" version)"
 echo "k8s tools: Kubernetes $KUBERNETES_VERSION (staging $STAGING_VERSION), etcd $ETCD_VERSION, kwok $KWOK_VERSION, helm $HELM_VERSION"
-
-# Resolve a module into the module cache; print the path of its go.mod or source dir.
-mod_field() { # module@version field(GoMod|Dir)
-  "$GO" mod download -json "$1" | sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}$/\1/p"
-}
-
-# Build with `go build` inside a generated module of our own (for upstream
-# modules whose go.mod holds local replace directives, which `go install
-# module@version` refuses).
-#   $1: folder name under $DIR/src, $2: module@version to require,
-#   $3: regex of the replaced module paths in that module's go.mod,
-#   $4: version to replace them with, $5..: main packages (for tools.go)
-prepare_module() {
-  local name="$1" req="$2" pattern="$3" rver="$4"; shift 4
-  local dir="$DIR/src/$name" gomod goline m
-  if [[ -f "$dir/go.sum" && -f "$dir/.ready" ]]; then echo "$dir"; return; fi
-  rm -rf "$dir"; mkdir -p "$dir"
-  gomod="$(mod_field "$req" GoMod)"
-  goline="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod" | head -n1)"
-  {
-    echo "module renderfarm.local/k8s-tools/$name"
-    echo
-    echo "go ${goline:-1.26}"
-    # keep upstream's runtime defaults (e.g. `godebug default=go1.26`)
-    grep -E '^godebug ' "$gomod" || true
-  } >"$dir/go.mod"
-  {
-    echo "//go:build tools"
-    echo
-    echo "// Package tools pins the main packages built by k8s/dev/build-tools.sh."
-    echo "package tools"
-    echo
-    echo "import ("
-    for m in "$@"; do echo "	_ \"$m\""; done
-    echo ")"
-  } >"$dir/tools.go"
-  (
-    cd "$dir"
-    "$GO" mod edit -require="$req"
-    # every `<module> => ./local/path` replace of the upstream go.mod
-    sed -n -E "s#^[[:space:]]*($pattern)[[:space:]]+=>[[:space:]]+\.{1,2}/.*#\1#p" "$gomod" |
-      while read -r m; do "$GO" mod edit -replace="$m=$m@$rver"; done
-    "$GO" mod tidy >&2
-  ) >&2
-  touch "$dir/.ready"
-  echo "$dir"
-}
-
-build_one() { # name, dir, ldflags, package
-  local name="$1" dir="$2" ldflags="$3" pkg="$4" t
-  if [[ -x "$BIN/$name" ]]; then echo "k8s tools: $name already built"; return; fi
-  t="$(now)"
-  echo "k8s tools: building $name ($pkg)"
-  (cd "$dir" && "$GO" build -trimpath -ldflags="$ldflags" -o "$BIN/.$name.tmp" "$pkg")
-  mv -f "$BIN/.$name.tmp" "$BIN/$name"
-  echo "k8s tools: built $name in $(elapsed "$t")s" | tee -a "$TIMES_FILE"
-}
-
-install_one() { # name, module/package@version, ldflags
-  local name="$1" pkg="$2" ldflags="$3" t
-  if [[ -x "$BIN/$name" ]]; then echo "k8s tools: $name already built"; return; fi
-  t="$(now)"
-  echo "k8s tools: installing $name ($pkg)"
-  (cd "$DIR/src" && GOBIN="$BIN" "$GO" install -trimpath -ldflags="$ldflags" "$pkg")
-  echo "k8s tools: built $name in $(elapsed "$t")s" | tee -a "$TIMES_FILE"
-}
 
 echo "--- build started $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores" >>"$TIMES_FILE"
 
@@ -181,14 +119,7 @@ if [[ "$missing_k8s" == 1 ]]; then
   pkgs=(); for b in "${K8S_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   d="$(prepare_module kubernetes "k8s.io/kubernetes@$KUBERNETES_VERSION" 'k8s\.io/[^[:space:]]+' "$STAGING_VERSION" "${pkgs[@]}")"
   echo "k8s tools: kubernetes module ready in $(elapsed "$t")s" | tee -a "$TIMES_FILE"
-  # the version stamping done by upstream's hack/lib/version.sh
-  ver="${KUBERNETES_VERSION#v}"; major="${ver%%.*}"; rest="${ver#*.}"; minor="${rest%%.*}"
-  build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  k8s_ldflags="-s -w"
-  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-    k8s_ldflags+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor"
-    k8s_ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
-  done
+  k8s_ldflags="$(kube_ldflags "$KUBERNETES_VERSION")"
   for b in "${K8S_CMDS[@]}"; do
     build_one "$b" "$d" "$k8s_ldflags" "k8s.io/kubernetes/cmd/$b"
   done

@@ -51,6 +51,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import realnode  # noqa: E402  (k8s/dev/realnode.py: the optional real node)
+
 VERSIONS_FILE = HERE / "versions.env"
 BUILD_SCRIPT = HERE / "build-tools.sh"
 DEFAULT_NODES_FILE = HERE / "nodes.yaml"
@@ -82,7 +87,9 @@ CLUSTER_NAME = "renderfarm-local"
 STOP_GRACE_S = {"kube-apiserver": 1.0, "etcd": 3.0}
 DEFAULT_STOP_GRACE_S = 3.0
 # start order; stop runs in reverse
-PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# (the real node's processes last: kubelet stops first, so it restarts nothing)
+PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+                 "containerd", "coredns", "kube-proxy", "kubelet")
 
 
 class LocalClusterError(RuntimeError):
@@ -113,14 +120,23 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _version_lines() -> list[str]:
+# The lines of versions.env that key the tool cache (build-tools.sh: TOOL_KEYS);
+# the real node's lines have a cache of their own (node_cache_dir).
+TOOL_KEYS = ("KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION")
+
+
+def _version_lines(keys: Iterable[str] | None = None) -> list[str]:
     lines = VERSIONS_FILE.read_text().splitlines()
-    return [ln.rstrip() for ln in lines if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", ln)]
+    out = [ln.rstrip() for ln in lines if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", ln)]
+    if keys is not None:
+        wanted = set(keys)
+        out = [ln for ln in out if ln.partition("=")[0] in wanted]
+    return out
 
 
 def cache_dir() -> Path:
     """The tool cache folder for the pinned versions (same key as build-tools.sh)."""
-    key = hashlib.sha256(("\n".join(_version_lines()) + "\n").encode()).hexdigest()[:12]
+    key = hashlib.sha256(("\n".join(_version_lines(TOOL_KEYS)) + "\n").encode()).hexdigest()[:12]
     root = os.environ.get("RF_K8S_CACHE") or str(Path.home() / ".cache" / "renderfarm" / "k8s")
     return Path(root) / key
 
@@ -314,7 +330,16 @@ class LocalCluster:
         keep_workdir: bool | None = None,
         detach: bool = False,
         ready_timeout: float = 90.0,
+        real_node: bool = False,
+        images: Iterable[str] = (),
     ) -> None:
+        """real_node: add one real node (kubelet + containerd, realnode.py) in place
+        of the simulated CPU nodes; the GPU nodes stay simulated.  images: local
+        image references (buildah's store) to import into its containerd."""
+        self.real_node = real_node
+        self.images = list(images)
+        self.node: realnode.RealNode | None = None
+        self.node_left: list[str] = []
         self.nodes_file = Path(nodes_file) if nodes_file else DEFAULT_NODES_FILE
         self._cache_dir = cache_dir()
         self._workdir_arg = Path(workdir) if workdir else None
@@ -398,6 +423,9 @@ class LocalCluster:
                           "controller-manager": cm, "scheduler": sched, "kwok": kwok}
             self._write_kubeconfigs()
             self._mark("pki")
+            if self.real_node:
+                self.node = realnode.RealNode(self, images=self.images, detach=self.detach)
+                self.node.prepare()
             self._start_etcd()
             self._wait("etcd", self._etcd_healthy, 30)
             self._mark("etcd")
@@ -407,7 +435,10 @@ class LocalCluster:
             self._start_controller_manager()
             self._start_scheduler()
             self._start_kwok()
-            self.kubectl("apply", "-f", self.nodes_file, check=True)
+            self.kubectl("apply", "-f", "-", input=self.nodes_manifest(), check=True)
+            if self.node is not None:
+                self.node.start()
+                self._mark("real-node")
             self._wait("nodes", self._all_ready, self.ready_timeout)
             self._mark("ready")
         except BaseException:
@@ -420,16 +451,32 @@ class LocalCluster:
         """Record seconds since start() began (after the tool check)."""
         self.timings[what] = round(time.monotonic() - self._t0, 2)
 
+    def _key(self, name: str) -> None:
+        _run_openssl(self._dir / "pki", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                     "-out", f"{name}.key")
+
+    def _leaf(self, name: str, subject: str, usage: str, sans: Iterable[str] = ()) -> None:
+        """A key and a certificate signed by the cluster CA (pki/NAME.key, pki/NAME.crt)."""
+        pki = self._dir / "pki"
+        self._key(name)
+        ext = ["basicConstraints = critical,CA:FALSE",
+               "keyUsage = critical,digitalSignature,keyEncipherment",
+               f"extendedKeyUsage = {usage}",
+               "authorityKeyIdentifier = keyid"]
+        if sans:
+            ext.append("subjectAltName = " + ",".join(sans))
+        (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
+        _run_openssl(pki, "req", "-new", "-key", f"{name}.key", "-subj", subject,
+                     "-config", "openssl.cnf", "-out", f"{name}.csr")
+        _run_openssl(pki, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                     "-set_serial", str(secrets.randbits(63)), "-days", "3650", "-sha256",
+                     "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+
     def _make_pki(self) -> None:
         pki = self._dir / "pki"
         cnf = pki / "openssl.cnf"
         cnf.write_text("[req]\ndistinguished_name = dn\n[dn]\n")
-
-        def key(name: str) -> None:
-            _run_openssl(pki, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                         "-out", f"{name}.key")
-
-        key("ca")
+        self._key("ca")
         (pki / "ca.cnf").write_text(
             "[req]\ndistinguished_name = dn\n[dn]\n"
             "[v3_ca]\nbasicConstraints = critical,CA:TRUE\n"
@@ -439,25 +486,10 @@ class LocalCluster:
         _run_openssl(pki, "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "3650",
                      "-subj", f"/CN={CLUSTER_NAME}-ca", "-config", "ca.cnf", "-extensions", "v3_ca",
                      "-out", "ca.crt")
-
-        def leaf(name: str, subject: str, usage: str, sans: Iterable[str] = ()) -> None:
-            key(name)
-            ext = ["basicConstraints = critical,CA:FALSE",
-                   "keyUsage = critical,digitalSignature,keyEncipherment",
-                   f"extendedKeyUsage = {usage}",
-                   "authorityKeyIdentifier = keyid"]
-            if sans:
-                ext.append("subjectAltName = " + ",".join(sans))
-            (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
-            _run_openssl(pki, "req", "-new", "-key", f"{name}.key", "-subj", subject,
-                         "-config", "openssl.cnf", "-out", f"{name}.csr")
-            _run_openssl(pki, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                         "-set_serial", str(secrets.randbits(63)), "-days", "3650", "-sha256",
-                         "-extfile", f"{name}.ext", "-out", f"{name}.crt")
-
+        leaf = self._leaf
         leaf("apiserver", "/CN=kube-apiserver", "serverAuth", [
-            "IP:127.0.0.1", f"IP:{KUBERNETES_SERVICE_IP}", "DNS:localhost", "DNS:kubernetes",
-            "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+            "IP:127.0.0.1", f"IP:{KUBERNETES_SERVICE_IP}", f"IP:{realnode.NODE_IP}", "DNS:localhost",
+            "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local",
         ])
         leaf("admin", "/O=system:masters/CN=renderfarm-admin", "clientAuth")
@@ -466,7 +498,10 @@ class LocalCluster:
         # front proxy (aggregation layer); without it controller-manager and
         # scheduler keep logging a missing requestheader CA bundle
         leaf("front-proxy-client", "/CN=front-proxy-client", "clientAuth")
-        key("sa")
+        if self.real_node:
+            # kube-apiserver -> kubelet (logs, exec, port-forward)
+            leaf("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth")
+        self._key("sa")
         _run_openssl(pki, "pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
     def _kubeconfig_dict(self, user: str, user_entry: dict[str, str]) -> dict[str, Any]:
@@ -539,8 +574,6 @@ class LocalCluster:
         self._spawn("kube-apiserver", [
             self._bin("kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
             f"--secure-port={self.ports['apiserver']}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -557,10 +590,14 @@ class LocalCluster:
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             "--authorization-mode=Node,RBAC",
-            "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--cert-dir={pki}",
             "--profiling=false",
+            *(realnode.RealNode.apiserver_flags(pki, self.ports["apiserver"]) if self.real_node else [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]),
         ])
 
     def _start_controller_manager(self) -> None:
@@ -581,6 +618,8 @@ class LocalCluster:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # not its default /usr/libexec/kubernetes/...: nothing outside the work folder
+            f"--flex-volume-plugin-dir={self._dir / 'flexvolume'}",
             "--profiling=false",
         ])
 
@@ -674,14 +713,29 @@ class LocalCluster:
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=2) as resp:
             return resp.read().decode().strip() == "ok"
 
+    def _node_docs(self) -> list[str]:
+        """The Node documents of the nodes file; with a real node, the simulated
+        CPU nodes are left out (the real node is the CPU node)."""
+        docs = []
+        for doc in re.split(r"^---\s*$", self.nodes_file.read_text(), flags=re.M):
+            if not re.search(r"^kind:\s*Node\s*$", doc, flags=re.M):
+                continue
+            if self.real_node and re.search(r'renderfarm\.io/pool-class:\s*"?cpu"?', doc):
+                continue
+            docs.append(doc)
+        return docs
+
+    def nodes_manifest(self) -> str:
+        return "\n---\n".join(self._node_docs()) + "\n"
+
     def expected_nodes(self) -> list[str]:
-        text = self.nodes_file.read_text()
         names = []
-        for doc in re.split(r"^---\s*$", text, flags=re.M):
-            if re.search(r"^kind:\s*Node\s*$", doc, flags=re.M):
-                m = re.search(r"^metadata:\s*\n(?:[ \t]+.*\n)*?[ \t]+name:\s*\"?([\w.-]+)\"?", doc, flags=re.M)
-                if m:
-                    names.append(m.group(1))
+        for doc in self._node_docs():
+            m = re.search(r"^metadata:\s*\n(?:[ \t]+.*\n)*?[ \t]+name:\s*\"?([\w.-]+)\"?", doc, flags=re.M)
+            if m:
+                names.append(m.group(1))
+        if self.real_node:
+            names.append(realnode.NODE_NAME)
         return names
 
     def _all_ready(self) -> bool | str:
@@ -715,6 +769,10 @@ class LocalCluster:
             _terminate_pids({n: p.pid for n, p in procs.items()},
                             exited=lambda name, pid: procs[name].poll() is not None)
         self.procs = {}
+        if self.node is not None:
+            # containers, shims, mounts, iptables, netns, cgroups, sysctls, folders
+            self.node_left = self.node.stop()
+            self.node = None
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._started = False
@@ -779,6 +837,22 @@ class LocalCluster:
 # --------------------------------------------------------------------------
 # command line
 
+DEFAULT_IMAGES_ENV = HERE.parent.parent / "build" / "images.env"
+
+
+def read_images_env(path: str | os.PathLike[str]) -> dict[str, str]:
+    """NAME=image:tag lines written by `make images` (empty if the file is missing)."""
+    out: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith("#") and value:
+            out[key] = value
+    return out
+
 
 def state_dir() -> Path:
     return Path(os.environ.get("RF_K8S_STATE") or "/tmp/renderfarm-localkube")
@@ -794,8 +868,9 @@ def _read_state() -> dict[str, Any] | None:
 def _state_pids_alive(state: dict[str, Any]) -> dict[str, bool]:
     """Which recorded processes are still ours and alive (guards against reused pids)."""
     out = {}
+    cmds = state.get("cmds", {})
     for name, pid in state.get("pids", {}).items():
-        out[name] = _pid_alive(pid) and _pid_cmd(pid) == str(Path(state["bin_dir"]) / name)
+        out[name] = _pid_alive(pid) and _pid_cmd(pid) == cmds.get(name, str(Path(state["bin_dir"]) / name))
     return out
 
 
@@ -805,6 +880,9 @@ def _down(state: dict[str, Any]) -> None:
     if pids:
         _terminate_pids(pids)
     workdir = state.get("workdir")
+    node = realnode.read_state()
+    if node and workdir and node.get("workdir") == workdir:
+        realnode.reap_stale()  # its processes are stopped: this tears the node down
     if workdir and Path(workdir).is_dir():
         shutil.rmtree(workdir, ignore_errors=True)
     try:
@@ -826,7 +904,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     sdir = state_dir()
     sdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=sdir))
-    cluster = LocalCluster(args.nodes, workdir=workdir, detach=True)
+    images = read_images_env(args.images) if args.real_node else {}
+    cluster = LocalCluster(args.nodes, workdir=workdir, detach=True, real_node=args.real_node,
+                           images=[v for k, v in images.items() if k != "BASE_IMAGE"])
     cluster.start()
     state = {
         "api_url": cluster.api_url,
@@ -834,6 +914,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         "workdir": str(workdir),
         "bin_dir": str(cluster.bin_dir),
         "pids": cluster.pids,
+        "cmds": {name: str(p.args[0]) for name, p in cluster.procs.items()},  # type: ignore[index]
+        "real_node": args.real_node,
+        "timings": cluster.timings,
         "ports": cluster.ports,
         "logs": str(workdir / "logs"),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -882,13 +965,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a detached local cluster, print `export KUBECONFIG=...`")
     up.add_argument("--nodes", default=None, help="nodes YAML (default: k8s/dev/nodes.yaml)")
+    up.add_argument("--real-node", action="store_true",
+                    help=f"add a real node ({realnode.NODE_NAME}: kubelet + containerd; needs root)")
+    up.add_argument("--images", default=str(DEFAULT_IMAGES_ENV),
+                    help="images to import into the real node (default: build/images.env, if present)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the detached cluster").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show the detached cluster").set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except LocalClusterError as exc:
+    except (LocalClusterError, realnode.RealNodeError) as exc:
         print(f"localkube: {exc}", file=sys.stderr)
         return 1
 
