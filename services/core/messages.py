@@ -70,6 +70,20 @@ def celery_message(
     return json.dumps(envelope)
 
 
+# kombu's Redis transport keeps a delivered, not yet acknowledged message in this hash
+# (delivery tag -> JSON [message, exchange, routing key]) until the consumer acks it.
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"  # zset: delivery tag -> when it was delivered (epoch s)
+
+
+def unacked_task_id(raw: str) -> str | None:
+    """The task (= job) id of an entry of kombu's unacked hash, or None."""
+    try:
+        return json.loads(raw)[0]["headers"]["id"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def message_enqueued(raw: str) -> tuple[str, float | None] | None:
     """(task id, rf_enqueued_at) of a raw queue message, or None if it is not ours."""
     try:

@@ -46,7 +46,13 @@ from typing import Any, Iterable
 import redis
 
 from renderfarm.core import queues as queue_names
-from renderfarm.core.messages import message_enqueued
+from renderfarm.core.messages import (
+    KOMBU_UNACKED,
+    KOMBU_UNACKED_INDEX,
+    message_enqueued,
+    message_task_id,
+    unacked_task_id,
+)
 from renderfarm.core.jobs import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -489,6 +495,20 @@ return n
 """
 
 
+# A waiting job whose message is nowhere (not in its queue, not delayed, not being
+# delivered) gets it back. Every check again here, atomically: still waiting, the same
+# message, not delayed.
+# KEYS: job, delayed  ARGV: id, expected message
+_REQUEUE_LOST = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'retrying' then return 0 end
+if redis.call('HGET', KEYS[1], 'queue_message') ~= ARGV[2] then return 0 end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[2])
+return 1
+"""
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -558,6 +578,7 @@ class JobStore:
         self._ack_cancel = client.register_script(_ACK_CANCEL)
         self._promote_due = client.register_script(_PROMOTE_DUE)
         self._move_tail = client.register_script(_MOVE_TAIL)
+        self._requeue_lost = client.register_script(_REQUEUE_LOST)
 
     _STATUS_KEYS = [status_index(status) for status in _STATUS_ORDER]
 
@@ -884,6 +905,41 @@ class JobStore:
         return int(self._move_tail(keys=[source, destination, PAUSED],
                                    args=[len(messages), *messages, *job_ids, *map(repr, queued_at),
                                          job_key(""), scan_limit]))
+
+    def waiting_messages(self) -> dict[str, str]:
+        """Queued or retrying job id -> the message that should be somewhere for it."""
+        ids = self.redis.zrange(status_index(JobStatus.queued), 0, -1) + \
+            self.redis.zrange(status_index(JobStatus.retrying), 0, -1)
+        if not ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(job_key(job_id), "queue_message")
+        return {job_id: message for job_id, message in zip(ids, pipe.execute()) if message}
+
+    def job_ids_with_a_message(self, queues: Iterable[str], delivery_grace_s: float) -> set[str]:
+        """Jobs whose message is in a queue (any of its lists), in the delayed set, or
+        was delivered less than ``delivery_grace_s`` ago (kombu's unacked hash). A waiting
+        job's delivery older than that is one whose consumer died before claiming it and
+        could not put it back (Redis was down): kombu would restore it only after the
+        visibility timeout, hours later."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            for key in queue_names.redis_list_keys(queue):
+                pipe.lrange(key, 0, -1)
+        pipe.zrange(DELAYED, 0, -1)
+        pipe.hgetall(KOMBU_UNACKED)
+        pipe.zrangebyscore(KOMBU_UNACKED_INDEX, repr(_now() - delivery_grace_s), "+inf")
+        *lists, delayed, unacked, recent_tags = pipe.execute()
+        found = {job_id for raw in (m for messages in lists for m in messages) if (job_id := message_task_id(raw))}
+        found.update(delayed)
+        recent = set(recent_tags)
+        found.update(job_id for tag, raw in unacked.items() if tag in recent and (job_id := unacked_task_id(raw)))
+        return found
+
+    def requeue_lost_message(self, job_id: str, message: str) -> bool:
+        """Push a waiting job's message back, if it is still waiting for that message and not delayed."""
+        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED], args=[job_id, message]))
 
     def purge_expired_index_entries(self, batch: int = 500) -> int:
         """Drop index entries whose job record has expired (retention). Returns how many."""

@@ -3,6 +3,7 @@
 - due retries go back on their queues (every second; workers do this too);
 - running jobs whose run stopped renewing its lease go back on their queues
   (or fail, their attempts spent);
+- waiting jobs whose message was lost (a Redis restart at the wrong moment) get it back;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
 - index entries of jobs past their retention are removed;
 - webhooks of finished jobs are delivered, signed, with retries, by a sender
@@ -19,7 +20,7 @@ import time
 from renderfarm.core.jobs import ErrorType, JobStatus
 from renderfarm.core.maintenance import aged_priority
 from renderfarm.core.messages import message_enqueued
-from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, queue_name
+from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, all_queues, queue_name
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.recovery import end_lost_run
@@ -50,6 +51,30 @@ def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
         if updated is not None:
             recovered.append(job_id)
     return recovered
+
+
+def requeue_lost_messages(store: JobStore, suspects: set[str], delivery_grace_s: float = 30.0
+                          ) -> tuple[list[str], set[str]]:
+    """Queued or retrying jobs whose message is nowhere: not in a queue, not delayed, not
+    being delivered. It happens when Redis restarts at the wrong moment: a pool process
+    dies while Redis is down and Celery cannot put its message back, or a message was
+    popped but not yet recorded as delivered. Nothing else would ever run such a job.
+
+    A job must be found missing on two passes in a row (``suspects`` carries the first),
+    so a message moving between lists during one look is not mistaken for a lost one
+    (and a duplicate would be harmless anyway: the claim runs a job once). Returns the
+    jobs requeued and the suspects for the next pass."""
+    waiting = store.waiting_messages()
+    if not waiting:
+        return [], set()
+    present = store.job_ids_with_a_message(all_queues(), delivery_grace_s)
+    missing = set(waiting) - present
+    requeued = []
+    for job_id in sorted(missing & suspects):
+        if store.requeue_lost_message(job_id, waiting[job_id]):
+            requeued.append(job_id)
+            log.warning("job %s was waiting without a message; message requeued", job_id)
+    return requeued, missing - set(requeued)
 
 
 def age_waiting_jobs(store: JobStore, settings: Settings, batch: int = 100, max_moves: int = 1000) -> int:
@@ -106,6 +131,8 @@ def run_forever(stop: threading.Event, settings: Settings | None = None) -> None
 def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> None:
     last_cleanup = 0.0
     last_slow = 0.0
+    last_lost_check = 0.0
+    suspects: set[str] = set()
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -115,6 +142,9 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
                 last_slow = started
                 recover_orphans(store, settings)
                 age_waiting_jobs(store, settings)
+            if started - last_lost_check >= max(settings.orphan_after_s, 5):
+                last_lost_check = started
+                _, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=max(10.0, 2 * settings.orphan_after_s))
             if started - last_cleanup >= settings.maintenance_interval_s:
                 last_cleanup = started
                 removed = store.purge_expired_index_entries()

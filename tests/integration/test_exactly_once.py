@@ -325,3 +325,25 @@ def test_an_orphan_requeue_publishes_an_event(store, rf_settings_env, procs, lon
     while (message := pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is not None:
         statuses.append(json.loads(message["data"])["status"])
     assert "retrying" in statuses
+
+
+# --- a Redis restart at the wrong moment -----------------------------------------------------
+
+
+def test_a_delivery_its_consumer_could_not_put_back_is_requeued(store, rf_settings_env, procs, short_clip):
+    """A pool process dies while Redis restarts: Celery cannot put the message back, and
+    kombu keeps it as delivered (its unacked hash) until the visibility timeout, hours
+    away. The job, still queued, must run anyway."""
+    import uuid
+
+    env = dict(rf_settings_env, RF_ORPHAN_AFTER_S="2")
+    job = submit(store, "probe", short_clip)
+    raw = store.redis.rpop(job.queue)  # what the consumer took ...
+    message = json.loads(raw)
+    tag = str(uuid.uuid4())
+    store.redis.hset("unacked", tag, json.dumps([message, job.queue, job.queue]))  # ... as kombu records it
+    store.redis.zadd("unacked_index", {tag: time.time() - 60})  # delivered a minute ago, never claimed
+    procs.append(start_worker(env, concurrency=1))
+    procs.append(start_beat(env))
+    final = wait_status(store, job.id, TERMINAL, timeout=90)
+    assert final.status == JobStatus.succeeded and final.attempts == 1
