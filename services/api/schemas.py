@@ -59,7 +59,7 @@ class PoolCondition(BaseModel):
     status: str
     reason: str | None = None
     message: str | None = None
-    lastTransitionTime: str | None = None
+    last_transition_time: str | None = None
 
 
 class PoolOut(BaseModel):

@@ -16,7 +16,7 @@ from renderfarm.core.queues import WorkloadClass, pool_queues
 
 
 def pool_catalog() -> list[dict[str, Any]]:
-    """One entry per workload class: its queues (highest priority first), GPU need, kinds, longest limit."""
+    """One entry per workload class: its queues (highest priority first), GPU need and kinds."""
     catalog = []
     for workload in WorkloadClass:
         kinds = kinds_for(workload)
@@ -25,7 +25,6 @@ def pool_catalog() -> list[dict[str, Any]]:
             "gpu": workload.needs_gpu,
             "queues": pool_queues(workload),
             "kinds": [kind.name for kind in kinds],
-            "longestTimeLimitSeconds": max((kind.time_limit_s for kind in kinds), default=0),
         })
     return catalog
 

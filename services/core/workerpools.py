@@ -42,7 +42,8 @@ def pool_summary(body: dict[str, Any]) -> dict[str, Any]:
         "last_scale_time": status.get("lastScaleTime"),
         "last_scale_reason": status.get("lastScaleReason"),
         "conditions": [
-            {key: condition.get(key) for key in ("type", "status", "reason", "message", "lastTransitionTime")}
+            {"type": condition.get("type"), "status": condition.get("status"), "reason": condition.get("reason"),
+             "message": condition.get("message"), "last_transition_time": condition.get("lastTransitionTime")}
             for condition in status.get("conditions") or []
         ],
     }

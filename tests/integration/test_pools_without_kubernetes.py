@@ -32,3 +32,20 @@ def test_pools_answer_501_with_a_message_when_not_on_kubernetes(client):
 def test_pools_need_a_key_before_anything_else(client):
     assert client.get("/v1/pools").status_code == 401
     assert client.patch("/v1/pools/cpu", json={"max_replicas": 3}).status_code == 401
+
+
+def test_cli_pools_says_why_without_kubernetes(rf_settings_env):
+    from typer.testing import CliRunner
+
+    from renderfarm.cli import app as cli_app
+    from tests.support.procs import start_api
+
+    api, base = start_api(dict(rf_settings_env, RF_API_KEYS=KEY))
+    try:
+        env = {"RF_API_URL": base, "RF_API_KEY": KEY, "COLUMNS": "200"}
+        for args in (["pools"], ["pool", "set", "cpu", "--max", "3"]):
+            result = CliRunner().invoke(cli_app, args, env=env)
+            assert result.exit_code == 2, result.output
+            assert "not_on_kubernetes, HTTP 501" in result.output and "RF_POOLS_NAMESPACE" in result.output
+    finally:
+        api.stop()

@@ -18,7 +18,9 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from renderfarm.core.pool_catalog import pool_catalog
+from tests.k8s.operator_fixtures import workerpool_crd  # noqa: F401  (fixture)
 from tests.support.chart import CHART, CRD_FILE, REPO_ROOT, by_kind, documents, helm_template, plain_manifests, render_docs
+from tests.support.procs import wait_for
 
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(31, 38)]
 MONITORING_APIS = ["monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
@@ -40,6 +42,11 @@ def _sets(sets: list[str]) -> list[str]:
 
 FULL = _sets(FULL_SETS) + API_VERSION_ARGS
 VARIANTS = {"default": [], "full": FULL}
+# Everything optional switched off.
+MINIMAL = _sets(["operator.enabled=false", "beat.enabled=false", "networkPolicy.enabled=false",
+                 "media.persistence.enabled=false", "redis.persistence.enabled=false", "fullnameOverride=farm",
+                 "api.podDisruptionBudget.enabled=false", "workers.defaults.podDisruptionBudget.enabled=false",
+                 "redis.auth.existingSecret=mine"])
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +70,9 @@ def _pod_specs(docs: list[dict]):
 # -- lint ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", ["default", "full", "minimal"])
 def test_helm_lint_strict_passes(helm, variant):
-    args = [arg for arg in VARIANTS[variant] if arg not in API_VERSION_ARGS]  # lint has no --api-versions
+    args = [arg for arg in {**VARIANTS, "minimal": MINIMAL}[variant] if arg not in API_VERSION_ARGS]  # no --api-versions in lint
     proc = subprocess.run([str(helm), "lint", "--strict", str(CHART), *args],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -97,6 +104,7 @@ def test_one_worker_deployment_and_workerpool_per_registry_pool(default_docs):
         assert container["command"] == ["python", "-m", "renderfarm.worker"]
         assert f"--pool={pool['name']}" in container["args"]
         assert deployment["spec"]["replicas"] == wp["minReplicas"]
+        assert deployment["metadata"]["annotations"]["renderfarm.io/kinds"] == ",".join(pool["kinds"])
 
 
 def test_gpu_pools_request_gpus_on_gpu_nodes_from_values(helm):
@@ -133,9 +141,10 @@ def test_images_and_pull_policy_from_values(helm):
     docs = render_docs(helm, "--set", "images.api.repository=localhost/rf-api", "--set", "images.api.tag=abc123",
                        "--set", "images.worker.repository=localhost/rf-worker", "--set", "images.worker.tag=def456",
                        "--set", "redis.image.repository=localhost/rf-redis", "--set", "redis.image.tag=r1",
-                       "--set", "images.pullPolicy=Never")
+                       "--set", "images.pullPolicy=Never", "--set", "images.pullSecrets={mirror}")
     images = {}
     for name, spec in _pod_specs(docs):
+        assert spec["imagePullSecrets"] == [{"name": "mirror"}], name
         for container in spec.get("initContainers", []) + spec["containers"]:
             images[f"{name}/{container['name']}"] = container["image"]
             assert container["imagePullPolicy"] == "Never"
@@ -325,10 +334,7 @@ def test_a_schema_error_is_caught(helm, default_docs):
         kv.validate(broken, "1.37.0", strict=True)
 
 
-def test_rendered_manifests_pass_a_server_side_dry_run_on_1_37(helm, local_cluster, namespace):
-    local_cluster.kubectl("apply", "--server-side", "-f", CRD_FILE, check=True)
-    local_cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.renderfarm.io", "--timeout=60s",
-                          check=True)
+def test_rendered_manifests_pass_a_server_side_dry_run_on_1_37(helm, local_cluster, workerpool_crd, namespace):
     version = local_cluster.kubectl_json("version")["serverVersion"]["gitVersion"]
     assert version.startswith("v1.37.")
     variants = {"default": [], "full": _sets([item for item in FULL_SETS if "watchNamespaces" not in item])}
@@ -352,6 +358,20 @@ def test_plain_manifests_in_k8s_match_the_chart(helm):
     assert "Pod" not in {doc["kind"] for doc in docs}  # no helm test
 
 
+def test_switching_parts_off_leaves_no_trace_of_them(helm):
+    docs = render_docs(helm, *MINIMAL)
+    names = {f"{doc['kind']}/{doc['metadata']['name']}" for doc in docs}
+    assert not [name for name in names if "operator" in name or "beat" in name]
+    assert not {doc["kind"] for doc in docs} & {"NetworkPolicy", "PodDisruptionBudget", "PersistentVolumeClaim"}
+    assert "Secret/farm-redis-auth" not in names
+    redis = by_kind(docs, "StatefulSet")["farm-redis"]["spec"]
+    assert "volumeClaimTemplates" not in redis
+    assert redis["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    for name, spec in _pod_specs(docs):
+        for volume in spec.get("volumes", []):
+            assert "persistentVolumeClaim" not in volume, name
+
+
 def test_zero_and_false_overrides_win(helm, default_docs):
     # GPU pools start at minReplicas 0 over the defaults' 1; a pool can be switched off.
     pools = by_kind(default_docs, "WorkerPool")
@@ -372,3 +392,39 @@ def test_workers_are_ready_when_consuming_and_the_test_pod_is_placed_like_the_ap
             assert "livenessProbe" not in container, name  # a long job is not a hang
     docs = render_docs(helm, "--set", "api.nodeSelector.node-role=real")
     assert by_kind(docs, "Pod")["renderfarm-test-probe"]["spec"]["nodeSelector"] == {"node-role": "real"}
+
+
+def test_operator_rbac_for_several_namespaces_reaches_only_those(helm, local_cluster, workerpool_crd, namespace):
+    served = [f"{namespace}-a", f"{namespace}-b"]
+    for name in served + [f"{namespace}-other"]:
+        local_cluster.kubectl("create", "namespace", name, check=True)
+    try:
+        rendered = helm_template(helm, "--show-only", "templates/operator-rbac.yaml",
+                                 "--set", f"operator.watchNamespaces={{{','.join(served)}}}",
+                                 release=f"rbac-{namespace}"[:40], namespace=namespace)
+        docs = documents(rendered)
+        for doc in docs:  # as helm install does: the release namespace where a template names none
+            if doc["kind"] != "ClusterRole":
+                doc["metadata"].setdefault("namespace", namespace)
+        local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), check=True)
+        account = f"system:serviceaccount:{namespace}:{f'rbac-{namespace}'[:40]}-renderfarm-operator"
+
+        def can(verb: str, resource: str, where: str, *extra: str) -> bool:
+            proc = local_cluster.kubectl("auth", "can-i", verb, resource, *extra, "-n", where, f"--as={account}")
+            assert proc.stdout.strip() in ("yes", "no"), proc.stderr
+            return proc.stdout.strip() == "yes"
+
+        # the authorizer sees new bindings after its informer catches up
+        wait_for(lambda: can("watch", "workerpools.renderfarm.io", served[0]), 15, "RBAC to take effect")
+        for where in served:
+            assert can("watch", "workerpools.renderfarm.io", where) and can("patch", "deployments", where, "--subresource=scale")
+            assert not can("patch", "deployments", where) and not can("get", "secrets", where)
+        assert not can("list", "workerpools.renderfarm.io", f"{namespace}-other")
+        assert not can("list", "workerpools.renderfarm.io", namespace)  # not served: no access either
+        assert can("create", "leases.coordination.k8s.io", namespace)  # the Lease lives in the release namespace
+        assert not can("create", "leases.coordination.k8s.io", served[0])
+    finally:
+        for name in served + [f"{namespace}-other"]:
+            local_cluster.kubectl("delete", "namespace", name, "--wait=false")
+        local_cluster.kubectl("delete", "clusterrole", f"{f'rbac-{namespace}'[:40]}-renderfarm-operator",
+                              "--ignore-not-found")

@@ -45,6 +45,10 @@ def test_install_rolls_out_and_upgrade_keeps_the_operators_replicas(local_cluste
                                                 "BACKLOG"]
     assert sorted(line.split()[0] for line in table.strip().split("\n")[1:]) == ["cpu", "gpu-transcribe", "gpu-vision"]
 
+    def redis_password() -> str:
+        return local_cluster.kubectl_json("get", "secret", "rf-renderfarm-redis-auth", "-n", namespace)["data"]["password"]
+
+    password = redis_password()
     # The operator scales through the scale subresource; an upgrade must not undo it.
     local_cluster.kubectl("scale", "deployment/rf-renderfarm-worker-cpu", "--replicas=3", "-n", namespace, check=True)
     proc = helm("upgrade", release, CHART, "-n", namespace, *NO_CLAIMS, "--set", "logLevel=DEBUG",
@@ -55,6 +59,7 @@ def test_install_rolls_out_and_upgrade_keeps_the_operators_replicas(local_cluste
     env = {e["name"]: e.get("value") for e in cpu["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RF_LOG_LEVEL"] == "DEBUG"  # the change rolled the pods
     assert local_cluster.kubectl_json("get", "wp/cpu", "-n", namespace)["spec"]["maxReplicas"] == 6
+    assert redis_password() == password  # a new random one would lock every pod out of the AOF it kept
 
     proc = helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s")
     assert proc.returncode == 0, proc.stderr

@@ -107,7 +107,7 @@ def test_the_api_service_account_may_patch_workerpools_and_nothing_else(local_cl
 
     assert can("patch", "workerpools.renderfarm.io") and can("list", "workerpools.renderfarm.io")
     assert not can("patch", "workerpools.renderfarm.io", "--subresource=status")
-    assert not can("patch", "deployments") and not can("patch", "deployments/scale")
+    assert not can("patch", "deployments") and not can("patch", "deployments", "--subresource=scale")
     assert not can("get", "secrets") and not can("delete", "workerpools.renderfarm.io")
 
 

@@ -63,3 +63,17 @@ def test_schema_refuses_typos_and_bad_types():
         except jsonschema.ValidationError:
             continue
         raise AssertionError(f"schema accepted {bad}")
+
+
+def test_crd_queue_pattern_admits_exactly_the_registry_queues():
+    import re
+
+    from renderfarm.core.queues import Priority, all_queues
+
+    crd = yaml.safe_load((CHART / "crds" / "workerpool.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    pattern = re.compile(spec["properties"]["queues"]["items"]["properties"]["name"]["pattern"])
+    assert all(pattern.match(queue) for queue in all_queues())
+    classes, priorities = re.match(r"^\^\(([^)]*)\)\\\.\(([^)]*)\)\$$", pattern.pattern).groups()
+    assert sorted(classes.split("|")) == sorted(w.value for w in WorkloadClass)
+    assert sorted(priorities.split("|")) == sorted(p.value for p in Priority)

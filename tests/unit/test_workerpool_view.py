@@ -21,6 +21,7 @@ def test_summary_reads_spec_and_status():
     assert (pool["min_replicas"], pool["max_replicas"], pool["pinned_replicas"]) == (1, 8, 3)
     assert (pool["desired_replicas"], pool["current_replicas"], pool["backlog"], pool["in_flight"]) == (3, 2, 7, 2)
     assert pool["conditions"][0]["type"] == "Ready" and pool["paused"] is False
+    assert set(pool["conditions"][0]) == {"type", "status", "reason", "message", "last_transition_time"}
 
 
 def test_summary_of_a_new_pool_has_crd_defaults_and_no_status():
@@ -48,3 +49,16 @@ def test_bounds_are_checked_against_the_current_spec():
     assert check_bounds(spec, {"min_replicas": 6}) is not None
     assert check_bounds(spec, {"min_replicas": 5}) is None
     assert check_bounds(spec, {"min_replicas": 0, "max_replicas": 1}) is None
+
+
+def test_the_api_loads_neither_the_worker_nor_the_operator_nor_the_kubernetes_client():
+    # Dependencies point inward (api -> core); the Kubernetes client is loaded only
+    # when /v1/pools is first used on Kubernetes.
+    import subprocess
+    import sys
+
+    code = ("import sys, renderfarm.api.app; "
+            "print(sorted(m for m in sys.modules if m.startswith(('renderfarm.worker', 'renderfarm.operator', "
+            "'kubernetes', 'kopf'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

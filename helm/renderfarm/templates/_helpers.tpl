@@ -47,12 +47,12 @@ renderfarm.io/redis-client: "true"
 {{- end -}}
 
 {{- define "renderfarm.imagePullSecrets" -}}
-{{- with .Values.images.pullSecrets }}
+{{- with .Values.images.pullSecrets -}}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
 {{- end }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "renderfarm.serviceAccountName" -}}

@@ -1,4 +1,4 @@
-"""/v1/pools: the worker pools (WorkerPool objects) for SREs; PATCH needs admin.
+"""/v1/pools: the worker pools (WorkerPool objects) for SREs; any key reads them, PATCH needs admin.
 
 Without Kubernetes (RF_POOLS_NAMESPACE unset, as under ``make run``) pools are
 fixed local processes and both routes answer 501 saying so.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from renderfarm.api.deps import Admin, settings
+from renderfarm.api.deps import Admin, Tenant, settings
 from renderfarm.api.errors import ApiError
 from renderfarm.api.pools_kube import KubeError, KubePools, PoolsUnavailable
 from renderfarm.api.schemas import PoolOut, PoolPatch
@@ -46,7 +46,7 @@ def _kube_error(exc: KubeError, name: str | None = None) -> ApiError:
 
 
 @router.get("", response_model=list[PoolOut], summary="Worker pools: bounds, pin, pause, replicas, backlog")
-def list_pools(tenant: str = Admin, pools: KubePools = Depends(kube_pools)) -> list[PoolOut]:
+def list_pools(tenant: str = Tenant, pools: KubePools = Depends(kube_pools)) -> list[PoolOut]:
     try:
         return [PoolOut.model_validate(pool_summary(item)) for item in pools.list()]
     except KubeError as exc:
