@@ -128,12 +128,22 @@ def status_patch(status: WorkerPoolStatus) -> dict[str, Any]:
     return {"status": wire}
 
 
+VOLATILE = ("arrivalRate", "completionRate", "throughputPerReplica")
+CLOCKS = ("lastObservedTime",)
+
+
 def material(status: WorkerPoolStatus) -> dict[str, Any]:
     """The part of a status whose change is worth a write at once (rates and clocks are not)."""
     data = status.model_dump(by_alias=True, mode="json")
-    for volatile in ("arrivalRate", "completionRate", "throughputPerReplica", "lastObservedTime"):
-        data.pop(volatile, None)
+    for name in VOLATILE + CLOCKS:
+        data.pop(name, None)
     return data
+
+
+def volatile(status: WorkerPoolStatus) -> dict[str, Any]:
+    """The rates: worth a write when they moved, but not at once (they move on every tick of a busy pool)."""
+    data = status.model_dump(by_alias=True, mode="json")
+    return {name: data.get(name) for name in VOLATILE}
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
