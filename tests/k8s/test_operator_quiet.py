@@ -48,8 +48,7 @@ def test_steady_state_makes_no_write_and_at_most_one_request_per_pool_per_minute
 
     user = f"system:serviceaccount:{farm.namespace}:{SERVICE_ACCOUNT}"
     startup = requests_of(farm.cluster.audit_log, user, started_at, time.time())
-    # The log works: start-up listed the Deployments and wrote every pool's status.
-    assert any(r.verb == "list" and r.resource == "deployments" for r in startup), by_verb_and_resource(startup)
+    # The log works: it holds start-up's status writes, one per pool at least.
     assert sum(1 for r in startup if r.verb == "patch" and r.resource == "workerpools/status") >= POOLS
 
     window_start = time.time()
