@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     whisper_device: str = "auto"
     whisper_compute_type: str = "auto"
     vision_device: str = "auto"
+    # torch threads for TransNetV2 on the CPU; 0: half the cores this process may use
+    # (at least 1), leaving the rest to the ffmpeg decoder that feeds it.
+    vision_threads: int = Field(default=0, ge=0)
 
     log_level: str = "INFO"
 
