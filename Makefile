@@ -12,12 +12,13 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt |
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench lint clean
+.PHONY: help install system-deps run test test-fast bench bench-scale lint clean
 
 help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
+	@echo "make bench-scale   how costs grow with 10^3..10^5 jobs and 10..1000 pools (~15 min)"
 	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached)"
 
 system-deps:
@@ -48,6 +49,9 @@ test-fast: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/run.py
+
+bench-scale: install
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
