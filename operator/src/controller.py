@@ -35,6 +35,7 @@ from renderfarm.operator.status import (
     material,
     merge_conditions,
     state_from_status,
+    rates_moved,
     status_patch,
     volatile,
 )
@@ -138,7 +139,7 @@ class TickReport:
 
 class Controller:
     def __init__(self, kube: KubeApi, metrics: OperatorMetrics, *, view: ClusterView | None = None,
-                 status_refresh_s: float = 10.0, status_heartbeat_s: float = 300.0,
+                 status_refresh_s: float = 30.0, status_heartbeat_s: float = 300.0,
                  clock: Callable[[], float] = time.time):
         self.kube = kube
         self.view = view if view is not None else ClusterView(kube)
@@ -307,10 +308,10 @@ class Controller:
         if current_material != memory.written_material:
             return True
         age = now - memory.written_at
-        rates, written = volatile(status), memory.written_volatile or {}
-        if rates != written:
-            if any((rates.get(name) is None) != (written.get(name) is None) for name in rates):
-                return True  # a rate became known (or unknown): show it at once, not on a later tick
+        moved = rates_moved(volatile(status), memory.written_volatile or {})
+        if moved == "known":
+            return True  # a rate became known (or unknown): show it at once, not on a later tick
+        if moved:
             return age >= self.status_refresh_s
         return age >= self.status_heartbeat_s
 

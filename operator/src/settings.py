@@ -34,8 +34,9 @@ class OperatorSettings(BaseSettings):
     operator_redis_timeout_s: float = Field(default=1.0, gt=0)
     operator_api_timeout_s: float = Field(default=5.0, gt=0)
     # Status is written at once when something that matters changes (replicas, backlog,
-    # conditions); when only rates moved, at most this often.
-    operator_status_refresh_s: float = Field(default=10.0, ge=0)
+    # conditions); when only the rates moved (by more than 0.01 jobs/s and 10 %), at most
+    # this often.
+    operator_status_refresh_s: float = Field(default=30.0, ge=0)
     # With nothing changed, the status (its lastObservedTime) is rewritten this often, so
     # a reader can tell a watched pool from an abandoned one. The operator's own liveness
     # is its probe (scaling loop age), which costs the API server nothing.

@@ -105,5 +105,7 @@ def test_an_unchanged_status_is_rewritten_only_as_a_heartbeat():
     assert due(written, 1300.0)  # heartbeat
     moved = written.model_copy(update={"arrival_rate": 0.5})
     assert not due(moved, 1005.0) and due(moved, 1010.0)  # rates: at most every refresh
+    # A decaying tail (0.004 jobs/s left of a burst) is not worth a write before the heartbeat.
+    assert not due(written.model_copy(update={"arrival_rate": 0.004}), 1100.0)
     assert due(written.model_copy(update={"arrival_rate": None}), 1001.0)  # known -> unknown: at once
     assert due(written.model_copy(update={"desired_replicas": 3}), 1000.5)  # material: at once
