@@ -217,11 +217,21 @@ class Farm:
             worker.stop(signal.SIGTERM, timeout=60)
 
 
-def operator_read_ms(server: RedisServer, pools: int, reads: int) -> dict[str, float]:
+def operator_read_ms(server: RedisServer, pools: int, reads: int, distinct: bool) -> dict[str, float]:
+    """The operator's one pipelined read for ``pools`` pools of 4 queues. The CRD admits only
+    the 12 real queue names, so real pools share them (``distinct=False``: the read is of
+    their union); ``distinct=True`` gives every pool queues of its own, a worst case the CRD
+    rules out, to show what the read costs per queue."""
+    from renderfarm.core.queues import WorkloadClass, pool_queues
     from renderfarm.operator.queue_reader import QueueReader
 
     client = redis.Redis(port=server.port, decode_responses=True)
-    queues = [f"scale-pool-{i:04d}.{p.value}" for i in range(pools) for p in PRIORITIES]
+    if distinct:
+        per_pool = [[f"scale-pool-{i:04d}.{p.value}" for p in PRIORITIES] for i in range(pools)]
+    else:
+        classes = list(WorkloadClass)
+        per_pool = [pool_queues(classes[i % len(classes)]) for i in range(pools)]
+    queues = sorted({q for pool in per_pool for q in pool})  # the tick reads each queue once
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         pipe.lpush(redis_list_keys(queue)[0], "m1", "m2")
@@ -284,8 +294,10 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
             queued = farm.redis.zcard("rf:jobs:status:queued")
             results["by_level"][level] = row
             print(f"level {level}: {json.dumps(_short(row))}", flush=True)
-        results["operator_read"] = {pools: operator_read_ms(farm.server, pools, 20 if quick else 100)
+        results["operator_read"] = {pools: operator_read_ms(farm.server, pools, 20 if quick else 100, False)
                                     for pools in (10, 100, 1000)}
+        results["operator_read_distinct_queues"] = {
+            pools: operator_read_ms(farm.server, pools, 20 if quick else 100, True) for pools in (10, 100, 1000)}
     finally:
         farm.close()
     return results
@@ -344,14 +356,16 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{name:44s}" + "".join(f"{y:12.2f}" for y in ys) + f"  {growth['growth']:7s} {verdict(ys)}")
     empty = results["empty"]
     lines.append(f"empty farm: submit p99 {empty['submit']['p99_ms']:.2f} ms, status p99 {empty['status']['p99_ms']:.2f} ms")
-    reads = results["operator_read"]
-    pools = sorted(reads)
-    ys = [reads[p]["p99_ms"] for p in pools]
-    growth = classify_growth(pools, ys)["growth"]
-    lines.append(f"{'operator Redis read p99 (ms), pools':44s}" + "".join(f"{p:>12,}" for p in pools))
     limit = TARGETS["operator_read_ms_1000_pools"]
-    lines.append(f"{'':44s}" + "".join(f"{y:12.2f}" for y in ys) +
-                 f"  {growth:7s} <= {limit:g} ms at 1,000: {'PASS' if ys[-1] <= limit else 'MISS'}")
+    for key, what in (("operator_read", "operator Redis read p99 (ms), pools"),
+                      ("operator_read_distinct_queues", "  same, every pool its own 4 queues")):
+        reads = {int(k): v for k, v in results[key].items()}
+        pools = sorted(reads)
+        ys = [reads[p]["p99_ms"] for p in pools]
+        growth = classify_growth(pools, ys)["growth"]
+        lines.append(f"{what:44s}" + "".join(f"{p:>12,}" for p in pools))
+        lines.append(f"{'':44s}" + "".join(f"{y:12.2f}" for y in ys) +
+                     f"  {growth:7s} <= {limit:g} ms at 1,000: {'PASS' if ys[-1] <= limit else 'MISS'}")
     return "\n".join(lines)
 
 
