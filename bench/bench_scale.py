@@ -315,34 +315,49 @@ def figures(results: dict[str, Any]) -> list[tuple[str, list[float], str, Callab
     rows = [results["by_level"][lv] for lv in levels]
     empty = results["empty"]
 
-    def within(limit: float, base: float) -> Callable[[list[float]], str]:
-        return lambda ys: f"<= {limit:g}x empty ({base:.2f} ms): " + ("PASS" if ys[-1] <= limit * base else "MISS")
+    def within(limit: float, what: str) -> Callable[[list[float]], str]:
+        base, base_p50 = empty[what]["p99_ms"], empty[what]["p50_ms"]
+
+        def verdict(ys: list[float]) -> str:
+            head = f"<= {limit:g}x empty ({base:.2f} ms): "
+            # A baseline p99 many times its p50 is the machine stalling, not the farm: the
+            # ratio to it cannot be judged.
+            if base > 5 * base_p50:
+                return head + f"NOISY (empty p99 is {base / base_p50:.0f}x its p50)"
+            return head + ("PASS" if ys[-1] <= limit * base else "MISS")
+
+        return verdict
 
     def at_most(limit: float, unit: str) -> Callable[[list[float]], str]:
         return lambda ys: f"<= {limit:g} {unit}: " + ("PASS" if ys[-1] <= limit else "MISS")
 
     def bounded(ys: list[float]) -> str:
+        # Judged on Redis commands per pass (time on this machine is noise at a few ms).
         growth = classify_growth(levels, ys)["growth"]
-        return f"bounded per pass: {'MISS' if growth == 'linear' else 'PASS'}"
+        return f"bounded per pass: {'MISS (grows with all jobs)' if growth == 'linear' else 'PASS'}"
 
     info = lambda ys: ""  # noqa: E731
     return [
         ("fill through JobStore.submit (jobs/s)", [r["fill_jobs_per_s"] for r in rows], "", info),
         ("submit saturation, 1 API process (jobs/s)", [r["saturation_jobs_per_s"] for r in rows], "", info),
+        ("submit p50 at 200/s (ms)", [r["submit"]["p50_ms"] for r in rows], "", info),
         ("submit p99 at 200/s (ms)", [r["submit"]["p99_ms"] for r in rows], "",
-         within(TARGETS["latency_vs_empty"], empty["submit"]["p99_ms"])),
+         within(TARGETS["latency_vs_empty"], "submit")),
+        ("status p50 at 200/s (ms)", [r["status"]["p50_ms"] for r in rows], "", info),
         ("status p99 at 200/s (ms)", [r["status"]["p99_ms"] for r in rows], "",
-         within(TARGETS["latency_vs_empty"], empty["status"]["p99_ms"])),
+         within(TARGETS["latency_vs_empty"], "status")),
         ("Redis bytes per queued job", [r["bytes_per_queued_job"] for r in rows], "",
          at_most(TARGETS["bytes_per_queued_job"], "B")),
         ("Redis bytes per finished job", [r["bytes_per_finished_job"] for r in rows], "", info),
         ("GET /v1/jobs first page p99 (ms)", [r["list_first_page"]["p99_ms"] for r in rows], "",
          at_most(TARGETS["list_first_page_p99_ms"], "ms")),
         ("GET /v1/jobs deep page p99 (ms)", [r["list_deep_page"]["p99_ms"] for r in rows], "", info),
-        ("aging pass (ms)", [r["aging_pass"]["ms"] for r in rows], "", bounded),
-        ("expiry pass (ms)", [r["expiry_pass"]["ms"] for r in rows], "", bounded),
+        ("aging pass (ms)", [r["aging_pass"]["ms"] for r in rows], "", info),
+        ("aging pass Redis commands", [float(r["aging_pass"]["redis_commands"]) for r in rows], "", bounded),
+        ("expiry pass (ms)", [r["expiry_pass"]["ms"] for r in rows], "", info),
         ("expiry pass Redis commands", [float(r["expiry_pass"]["redis_commands"]) for r in rows], "", bounded),
-        ("orphan scan (ms)", [r["orphan_scan"]["ms"] for r in rows], "", bounded),
+        ("orphan scan (ms)", [r["orphan_scan"]["ms"] for r in rows], "", info),
+        ("orphan scan Redis commands", [float(r["orphan_scan"]["redis_commands"]) for r in rows], "", bounded),
         ("worker dispatch, probe jobs (jobs/s)", [r["dispatch_jobs_per_s"] for r in rows], "", info),
     ]
 
@@ -355,7 +370,8 @@ def table(results: dict[str, Any]) -> str:
         growth = classify_growth(levels, ys)
         lines.append(f"{name:44s}" + "".join(f"{y:12.2f}" for y in ys) + f"  {growth['growth']:7s} {verdict(ys)}")
     empty = results["empty"]
-    lines.append(f"empty farm: submit p99 {empty['submit']['p99_ms']:.2f} ms, status p99 {empty['status']['p99_ms']:.2f} ms")
+    lines.append(f"empty farm: submit p50 {empty['submit']['p50_ms']:.2f} / p99 {empty['submit']['p99_ms']:.2f} ms, "
+                 f"status p50 {empty['status']['p50_ms']:.2f} / p99 {empty['status']['p99_ms']:.2f} ms")
     limit = TARGETS["operator_read_ms_1000_pools"]
     for key, what in (("operator_read", "operator Redis read p99 (ms), pools"),
                       ("operator_read_distinct_queues", "  same, every pool its own 4 queues")):
@@ -374,7 +390,13 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(str(x) for x in LEVELS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "bench" / "results"))
+    parser.add_argument("--table", metavar="JSON", help="print the table of a saved run (scale-latest.json) and exit")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        saved["by_level"] = {int(k): v for k, v in saved["by_level"].items()}
+        print(table(saved))
+        return
     levels = tuple(int(x) for x in args.levels.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="rf-bench-scale-"))
     try:

@@ -3,7 +3,8 @@
 Each model is fitted by least squares (flat: y = a; log: y = a + b·ln n; linear:
 y = a + b·n) and scored by its largest relative error over the points. The simplest
 model whose error is within ``tolerance`` wins, so noise between equal values reads
-as flat, not as a tiny slope.
+as flat, not as a tiny slope. A figure that ends no higher than it started (within
+``tolerance``) did not grow, whatever happened in between: flat.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def classify_growth(ns: Sequence[float], ys: Sequence[float], tolerance: float =
     if len(ns) != len(ys) or len(ns) < 2 or any(not math.isfinite(y) for y in ys):
         return {"growth": "n/a", "errors": {}, "ratio": math.nan}
     errors: dict[str, float] = {}
+    ratio = ys[-1] / ys[0] if ys[0] else math.inf
     mean = sum(ys) / len(ys)
     errors["flat"] = _max_relative_error([mean] * len(ys), ys)
     logs = [math.log(n) for n in ns]
@@ -40,5 +42,6 @@ def classify_growth(ns: Sequence[float], ys: Sequence[float], tolerance: float =
     a, b = _fit(ns, ys)
     errors["linear"] = _max_relative_error([a + b * x for x in ns], ys)
     growth = next((m for m in MODELS if errors[m] <= tolerance), min(errors, key=errors.get))
-    ratio = ys[-1] / ys[0] if ys[0] else math.inf
+    if ratio <= 1 + tolerance:
+        growth = "flat"
     return {"growth": growth, "errors": {m: round(e, 3) for m, e in errors.items()}, "ratio": round(ratio, 3)}

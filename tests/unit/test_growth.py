@@ -14,6 +14,7 @@ LEVELS = [1_000, 10_000, 100_000]
     ([1.0, 2.0, 3.0], "log"),  # + a constant per decade
     ([1.0, 10.0, 100.0], "linear"),  # proportional to the work
     ([10.0, 19.0, 109.0], "linear"),
+    ([2.98, 3.93, 1.85], "flat"),  # ends lower than it began: no growth, however noisy
 ])
 def test_growth_is_the_simplest_model_that_fits(ys, growth):
     assert classify_growth(LEVELS, ys)["growth"] == growth
