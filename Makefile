@@ -12,12 +12,13 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt |
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench soak lint clean chart-pools manifests chart-lint
+.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint
 
 help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
+	@echo "make bench-scale   how costs grow with 10^3..10^5 jobs and 10..1000 pools (~15 min)"
 	@echo "make soak    fault soak: 500 jobs, 100 faults; prints duplicates, lost, stuck, time to recover"
 	@echo "make cluster-up / cluster-down   a local Kubernetes (built from upstream, cached); REAL_NODE=1 adds a real node"
 	@echo "make images  build the API, CPU worker and Redis images with buildah (build/images.env)"
@@ -67,6 +68,9 @@ manifests: chart-pools k8s-tools
 
 chart-lint: k8s-tools
 	"$$(bash k8s/dev/build-tools.sh --print-bin-dir)/helm" lint --strict helm/renderfarm
+
+bench-scale: install
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,6 +13,9 @@
            the Deployment's replicas change (p50/p99).              target: p99 <= 5 s
            Then 50 WorkerPools and Deployments: steady-state poll time from the operator's
            own histogram, and the time for all 50 Deployments to follow one burst.
+4. api      Kubernetes API requests per pool per minute at 50 and at 500 pools, in steady
+           state and during a burst, counted in the API server's audit log (every request
+           of the operator's ServiceAccount; k8s/dev/localkube.py).   target: steady <= 1
 
 KEDA's Redis-lists scaler polls every 30 s by default and the HPA adds its own 15 s sync:
 up to ~45 s from backlog to a scaled Deployment (given for context, not measured here).
@@ -57,6 +60,7 @@ POOLS = 50
 PRIORITIES = ("critical", "high", "normal", "low")
 TARGET_ROUND_TRIPS = 1
 TARGET_REACTION_P99_S = 5.0
+TARGET_REQUESTS_PER_POOL_MINUTE = 1.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,24 +136,15 @@ def measure_redis(server: RedisServer, polls: int) -> dict[str, Any]:
 
 
 class MemoryKube:
-    """Just enough of KubeApi for a tick: Deployments' scale, pods, status, events."""
+    """Just enough of KubeApi for a tick: scale patches, deletion costs, status, events (all counted)."""
 
     def __init__(self) -> None:
         self.replicas: dict[tuple[str, str], int] = {}
         self.calls = 0
 
-    def get_scale(self, namespace, deployment):
-        self.calls += 1
-        n = self.replicas.setdefault((namespace, deployment), 0)
-        return ScaleInfo(replicas=n, status_replicas=n, selector=f"app={deployment}")
-
     def patch_scale(self, namespace, deployment, replicas):
         self.calls += 1
         self.replicas[(namespace, deployment)] = replicas
-
-    def list_pods(self, namespace, selector):
-        self.calls += 1
-        return []
 
     def set_deletion_cost(self, *args):
         self.calls += 1
@@ -159,6 +154,32 @@ class MemoryKube:
 
     def create_event(self, **kwargs):
         self.calls += 1
+
+
+class MemoryView:
+    """The watch caches (informer.ClusterView), held in memory: reads cost no API call."""
+
+    def __init__(self, kube: MemoryKube):
+        self.kube = kube
+
+    def serve(self, namespaces):
+        pass
+
+    def stop(self):
+        pass
+
+    def ready(self, namespace):
+        return True
+
+    def scale(self, namespace, deployment):
+        n = self.kube.replicas.setdefault((namespace, deployment), 0)
+        return ScaleInfo(replicas=n, status_replicas=n, selector=f"app={deployment}")
+
+    def scaled(self, namespace, deployment, replicas):
+        pass
+
+    def pods(self, namespace):
+        return []
 
 
 def memory_pools(queues: list[str]) -> PoolRegistry:
@@ -191,7 +212,7 @@ def measure_tick(server: RedisServer, ticks: int) -> dict[str, Any]:
     client = redis.Redis(port=server.port, decode_responses=True)
     kube = MemoryKube()
     metrics = OperatorMetrics()
-    loop = ScalingLoop(registry=memory_pools(queues), controller=Controller(kube, metrics, status_refresh_s=10),
+    loop = ScalingLoop(registry=memory_pools(queues), controller=Controller(kube, metrics, view=MemoryView(kube), status_refresh_s=10),
                        reader=QueueReader(client), elector=None, metrics=metrics, interval_s=2.0, workers=4)
     loop.tick()  # first sight of every pool: scale-ups, status writes
     times, calls = [], []
@@ -307,6 +328,11 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
         time.sleep(6 if quick else 20)
         sum1, count1 = _poll_seconds(port)
         steady_ms = (sum1 - sum0) / max(1, count1 - count0) * 1000
+        user = f"system:serviceaccount:{ns}:renderfarm-operator"
+        api_rates = {POOLS: request_rates(cluster, user, ns, rc, apps, names, quick)}
+        rc.delete("gpu-vision.normal")
+        wait_for(lambda: all(replicas(f"w-{name}") == 0 for name in names), 120, interval=1, what="50 back to 0")
+        sum1, count1 = _poll_seconds(port)
         pushed = time.monotonic()
         for workload in ("cpu", "gpu-transcribe", "gpu-vision"):
             rc.lpush(f"{workload}.normal", "a", "b")
@@ -314,6 +340,18 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
         burst_s = time.monotonic() - pushed
         wait_for(lambda: _poll_seconds(port)[1] >= count1 + 2, 60, interval=0.1, what="the burst's ticks to finish")
         sum2, count2 = _poll_seconds(port)
+        more = [f"p{i:03d}" for i in range(POOLS, 500)]
+        items = []
+        for i, name in enumerate(more, start=POOLS):
+            items += [_deployment(f"w-{name}"), _pool(name, f"w-{name}", ("cpu", "gpu-transcribe", "gpu-vision")[i % 3])]
+        for workload in ("cpu", "gpu-transcribe", "gpu-vision"):
+            rc.delete(f"{workload}.normal")
+        for start in range(0, len(items), 200):
+            cluster.kubectl("apply", "-n", ns, "-f", "-", check=True,
+                            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items[start:start + 200]}))
+        all_names = names + more
+        wait_for(lambda: all(replicas(f"w-{name}") == 0 for name in names), 120, interval=1, what="50 back to 0")
+        api_rates[500] = request_rates(cluster, user, ns, rc, apps, all_names, quick)
         api.close()
         return {
             "status": "ran", "trials": trials, "interval_s": 2.0,
@@ -324,12 +362,62 @@ def measure_reaction(workdir: Path, trials: int, quick: bool) -> dict[str, Any]:
             "pools_50_burst_all_scaled_s": burst_s,
             "pools_50_burst_ticks_ms": (sum2 - sum1) / max(1, count2 - count1) * 1000,
             "operator_as": "ServiceAccount renderfarm-operator (the chart's templates/operator-rbac.yaml)",
+            "api_requests": api_rates,
         }
     finally:
         if operator is not None:
             operator.stop(signal.SIGTERM, 15)
         server.stop()
         cluster.stop()
+
+
+def request_rates(cluster: Any, user: str, ns: str, rc: redis.Redis, apps: Any, names: list[str],
+                  quick: bool) -> dict[str, Any]:
+    """The operator's API requests per pool per minute: steady, then during a burst (a backlog
+    on one workload's queues: a third of the pools scale to 1). From the audit log."""
+    from tests.support.audit import by_verb_and_resource, requests_of
+
+    def settled() -> bool:
+        out = cluster.kubectl("get", "wp", "-n", ns, "-o", "json", check=True).stdout
+        pools = json.loads(out)["items"]
+        return len(pools) >= len(names) and all((p.get("status") or {}).get("desiredReplicas") is not None
+                                                for p in pools)
+
+    wait_for(settled, 300, interval=2, what=f"{len(names)} pools with a status")
+    # Steady state: backlog and replicas unchanged, and the transient after the last change
+    # (first-sight writes, rates decaying after a burst) over: no status write for 10 s.
+    waited = time.monotonic()
+
+    def quiet() -> bool:
+        now = time.time()
+        return not [r for r in requests_of(cluster.audit_log, user, now - 10, now) if r.resource != "leases"]
+
+    wait_for(quiet, 180, interval=2, what="the operator's writes to stop")
+    quiet_after_s = time.monotonic() - waited
+    steady_s = 10.0 if quick else 30.0
+    start = time.time()
+    time.sleep(steady_s)
+    steady = requests_of(cluster.audit_log, user, start, time.time())
+    out: dict[str, Any] = {
+        "pools": len(names), "quiet_after_s": round(quiet_after_s, 1), "steady_window_s": steady_s,
+        "steady_requests": len(steady),
+        "steady_per_pool_per_minute": round(len(steady) / len(names) / (steady_s / 60), 4),
+        "steady_by_kind": by_verb_and_resource(steady),
+    }
+    burst_s = 20.0
+    start = time.time()
+    rc.lpush("gpu-vision.normal", "burst")
+    targets = [name for i, name in enumerate(names) if i % 3 == 2]
+    wait_for(lambda: all(int(apps.read_namespaced_deployment_scale(f"w-{n}", ns).spec.replicas or 0) >= 1
+                         for n in targets[:: max(1, len(targets) // 10)]), 120, interval=0.5, what="the burst")
+    time.sleep(max(0.0, start + burst_s - time.time()))
+    burst = requests_of(cluster.audit_log, user, start, time.time())
+    rc.delete("gpu-vision.normal")
+    out.update({"burst_window_s": round(time.time() - start, 1), "burst_pools_scaled": len(targets),
+                "burst_requests": len(burst),
+                "burst_per_pool_per_minute": round(len(burst) / len(names) / ((time.time() - start) / 60), 4),
+                "burst_by_kind": by_verb_and_resource(burst)})
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -373,6 +461,15 @@ def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
                       f"(KEDA defaults: up to ~45 s)")
     report.row(SECTION, "tick, 50 pools, local Kubernetes", measured=f"{react['pools_50_steady_tick_ms']:.1f} ms",
                note=f"steady; all 50 Deployments scaled {react['pools_50_burst_all_scaled_s']:.2f} s after one burst")
+    for pools, rates in react.get("api_requests", {}).items():
+        report.check(SECTION, f"API requests per pool per minute, {pools} pools, steady",
+                     rates["steady_per_pool_per_minute"], limit=TARGET_REQUESTS_PER_POOL_MINUTE,
+                     note=f"{rates['steady_requests']} requests in {rates['steady_window_s']:.0f} s: "
+                          + ", ".join(f"{k} {v}" for k, v in rates["steady_by_kind"].items()))
+        report.row(SECTION, f"API requests per pool per minute, {pools} pools, burst",
+                   measured=f"{rates['burst_per_pool_per_minute']:.2f}",
+                   note=f"{rates['burst_pools_scaled']} pools scaled to 1; {rates['burst_requests']} requests in "
+                        f"{rates['burst_window_s']:.0f} s: " + ", ".join(f"{k} {v}" for k, v in rates["burst_by_kind"].items()))
     return results
 
 

@@ -81,6 +81,16 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
 CLUSTER_NAME = "renderfarm-local"
+# Audit log (LocalCluster.audit_log): one line per request of a ServiceAccount outside
+# kube-system, i.e. of the software under test (the operator, charts' pods), so a test
+# can count exactly what one client asked of the API server. Control-plane and
+# kube-system traffic is not logged.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+              {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+              {"level": "None"}],
+}
 
 # How long each process gets after SIGTERM before SIGKILL.  kube-apiserver
 # drains for >10 s on SIGTERM; in a throw-away test cluster that is wasted time.
@@ -390,6 +400,17 @@ class LocalCluster:
     def log_file(self, name: str) -> Path:
         return self._dir / "logs" / f"{name}.log"
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines (audit.k8s.io/v1 Event) for ServiceAccount requests; see AUDIT_POLICY."""
+        return self._dir / "logs" / "audit.log"
+
+    def _audit_args(self) -> list[str]:
+        policy = self._dir / "pki" / "audit-policy.json"
+        policy.write_text(json.dumps(AUDIT_POLICY))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=100", "--audit-log-maxbackup=1"]
+
     # -- context manager -------------------------------------------------
     def __enter__(self) -> "LocalCluster":
         return self.start()
@@ -598,6 +619,7 @@ class LocalCluster:
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
             ]),
+            *self._audit_args(),
         ])
 
     def _start_controller_manager(self) -> None:

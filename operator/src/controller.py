@@ -1,10 +1,12 @@
 """The imperative shell: each tick, one Redis read for all pools, then per pool
 observe -> decide (policy.decide) -> apply (scale patch, deletion costs, status, Events).
 
-Kubernetes calls per pool and tick: one GET of deployments/scale; a pod LIST only
-when the decision wants to grow (to see Unschedulable pods), while pods are known to be
-Unschedulable, or before a scale-down (to set deletion costs); a status PATCH only
-when something worth showing changed.
+Kubernetes reads come from watch caches (informer.ClusterView: one LIST + WATCH of the
+Deployments and one of the pods per namespace), never a GET per pool per tick.
+Writes happen only on change: a scale PATCH when the decision differs from the
+Deployment, deletion costs before a scale-in, a status PATCH when something worth
+showing changed (plus a freshness heartbeat every few minutes), an Event per change.
+A steady farm (backlog and replicas unchanged) costs the API server no request per tick.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from renderfarm.operator import policy
+from renderfarm.operator.informer import ClusterView
 from renderfarm.operator.kube import KubeApi, api_error_text
 from renderfarm.operator.leader import LeaderElector
 from renderfarm.operator.metrics import OperatorMetrics
@@ -32,7 +35,9 @@ from renderfarm.operator.status import (
     material,
     merge_conditions,
     state_from_status,
+    rates_moved,
     status_patch,
+    volatile,
 )
 
 log = logging.getLogger("renderfarm.operator")
@@ -89,6 +94,7 @@ class PoolMemory:
     state: PolicyState
     status: WorkerPoolStatus
     written_material: dict[str, Any] | None = None
+    written_volatile: dict[str, Any] | None = None
     written_at: float = 0.0
     unschedulable: int = 0
     last_scale: tuple[float, str] | None = None
@@ -112,21 +118,13 @@ class Outcome:
 
 
 class TickPods:
-    """Pods per namespace, listed at most once per tick and shared by that namespace's pools."""
+    """The pods of a namespace as the watch cache holds them, filtered per pool's selector."""
 
-    def __init__(self, kube: KubeApi):
-        self.kube = kube
-        self._lock = threading.Lock()
-        self._namespace_locks: dict[str, threading.Lock] = {}
-        self._pods: dict[str, list[PodInfo]] = {}
+    def __init__(self, view: ClusterView):
+        self.view = view
 
     def matching(self, namespace: str, selector: str) -> list[PodInfo]:
-        with self._lock:
-            lock = self._namespace_locks.setdefault(namespace, threading.Lock())
-        with lock:
-            if namespace not in self._pods:
-                self._pods[namespace] = self.kube.list_pods(namespace, "")
-        return [pod for pod in self._pods[namespace] if selector_matches(selector, pod.labels)]
+        return [pod for pod in self.view.pods(namespace) if selector_matches(selector, pod.labels)]
 
 
 @dataclass
@@ -140,11 +138,14 @@ class TickReport:
 
 
 class Controller:
-    def __init__(self, kube: KubeApi, metrics: OperatorMetrics, *, status_refresh_s: float = 10.0,
+    def __init__(self, kube: KubeApi, metrics: OperatorMetrics, *, view: ClusterView | None = None,
+                 status_refresh_s: float = 30.0, status_heartbeat_s: float = 300.0,
                  clock: Callable[[], float] = time.time):
         self.kube = kube
+        self.view = view if view is not None else ClusterView(kube)
         self.metrics = metrics
         self.status_refresh_s = status_refresh_s
+        self.status_heartbeat_s = status_heartbeat_s
         self.clock = clock
         self.memory: dict[tuple[str, str], PoolMemory] = {}
         self._lock = threading.Lock()
@@ -178,12 +179,12 @@ class Controller:
         now = self.clock()
         namespace, name, spec = pool.namespace, pool.name, pool.spec
         memory = self._memory(pool)
-        try:
-            scale = self.kube.get_scale(namespace, spec.deployment)
-        except Exception as exc:  # noqa: BLE001 - one pool's trouble must not stop the others
-            self.metrics.api_errors.labels("get_scale").inc()
-            log.warning("%s/%s: cannot read deployments/%s/scale: %s", namespace, name, spec.deployment, api_error_text(exc))
+        if not self.view.ready(namespace):
+            # Not listed yet (start-up, or the API server unreachable since): no data, no action.
+            self.metrics.api_errors.labels("watch_sync").inc()
+            log.warning("%s/%s: Deployments and pods of %s not listed yet", namespace, name, namespace)
             return None
+        scale = self.view.scale(namespace, spec.deployment)
         if scale is None:
             self._deployment_missing(pool, memory, now)
             return None
@@ -238,6 +239,7 @@ class Controller:
                     for pod, cost in deletion_costs(pod_list, busy).items():
                         self.kube.set_deletion_cost(namespace, pod, cost)
                 self.kube.patch_scale(namespace, spec.deployment, decision.desired)
+                self.view.scaled(namespace, spec.deployment, decision.desired)
                 patched = (current, decision.desired)
                 memory.last_scale = (now, decision.reason)
                 self.metrics.scale_changes.labels(namespace, name, decision.reason).inc()
@@ -284,7 +286,7 @@ class Controller:
                               current_replicas=pods, now=now, last_scale=memory.last_scale,
                               in_flight_by_queue=in_flight_by_queue)
         current_material = material(status)
-        if current_material == memory.written_material and now - memory.written_at < self.status_refresh_s:
+        if not self._status_due(memory, status, current_material, now):
             return
         flipped = conditions_changed(memory.status.conditions, status.conditions)
         try:
@@ -294,8 +296,24 @@ class Controller:
             log.warning("%s/%s: cannot write status: %s", pool.namespace, pool.name, api_error_text(exc))
             return
         memory.status, memory.written_material, memory.written_at = status, current_material, now
+        memory.written_volatile = volatile(status)
         for condition in flipped:
             self._condition_event(pool, condition)
+
+    def _status_due(self, memory: PoolMemory, status: WorkerPoolStatus, current_material: dict[str, Any],
+                    now: float) -> bool:
+        """A status write is due when something that matters changed (at once), when only the
+        rates moved (at most every status_refresh_s), or as a heartbeat (every status_heartbeat_s,
+        so lastObservedTime shows the pool is still watched). Otherwise nothing is sent."""
+        if current_material != memory.written_material:
+            return True
+        age = now - memory.written_at
+        moved = rates_moved(volatile(status), memory.written_volatile or {})
+        if moved == "known":
+            return True  # a rate became known (or unknown): show it at once, not on a later tick
+        if moved:
+            return age >= self.status_refresh_s
+        return age >= self.status_heartbeat_s
 
     def _condition_event(self, pool: WorkerPool, condition: Condition) -> None:
         if condition.type == "ScalingLimited":
@@ -357,6 +375,7 @@ class ScalingLoop:
         if self._thread is not None:
             self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.controller.view.stop()
         if self.elector is not None:
             self.elector.release()
 
@@ -407,7 +426,8 @@ class ScalingLoop:
             log.info("Redis readable again")
         self._redis_ok = snapshot.ok
         self.rates.update(snapshot)
-        pods = TickPods(self.controller.kube)
+        self.controller.view.serve({pool.namespace for pool in pools})
+        pods = TickPods(self.controller.view)
         outcomes = []
         for pool, future in [(pool, self._executor.submit(self.controller.reconcile, pool, snapshot, self.rates, pods))
                              for pool in pools]:

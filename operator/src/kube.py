@@ -2,8 +2,9 @@
 
 Each call maps to one RBAC rule of the chart's Role (helm/renderfarm/templates/operator-rbac.yaml):
 
-- deployments/scale: get, patch   (read and set replicas; never the Deployment itself)
-- pods: list, patch               (Unschedulable detection; pod-deletion-cost before scale-in)
+- deployments: list, watch        (the watch cache the tick reads replicas from; never written)
+- deployments/scale: patch        (set replicas; never the Deployment itself)
+- pods: list, watch, patch        (watch cache: Unschedulable detection; pod-deletion-cost before scale-in)
 - workerpools/status: patch       (workerpools get/list/watch is kopf's watch)
 - events: create
 - leases: get, create, update     (leader election)
@@ -16,10 +17,11 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from renderfarm.operator.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from renderfarm.operator.pods import DELETION_COST, PodInfo, pod_info
@@ -68,24 +70,48 @@ class KubeApi:
         self.timeout_s = timeout_s
         self.calls = 0  # API calls made (for the bench)
 
-    # -- the target Deployment -----------------------------------------------------
-
-    def get_scale(self, namespace: str, deployment: str) -> ScaleInfo | None:
-        self.calls += 1
-        try:
-            scale = self.apps.read_namespaced_deployment_scale(deployment, namespace, _request_timeout=self.timeout_s)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return ScaleInfo(replicas=int(scale.spec.replicas or 0), status_replicas=int(scale.status.replicas or 0),
-                         selector=scale.status.selector or "")
+    # -- the target Deployment (its replicas are read from the watch cache) -----------
 
     def patch_scale(self, namespace: str, deployment: str, replicas: int) -> None:
         self.calls += 1
         self.apps.patch_namespaced_deployment_scale(
             deployment, namespace, {"spec": {"replicas": int(replicas)}},
             _content_type=MERGE_PATCH, _request_timeout=self.timeout_s)
+
+    # -- watches (informer-style caches, informer.py): raw JSON, no model objects -------------
+
+    def list_deployments(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        return self._list_raw(self.apps.list_namespaced_deployment, namespace)
+
+    def watch_deployments(self, namespace: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        return self._watch_raw(self.apps.list_namespaced_deployment, namespace, resource_version, timeout_s)
+
+    def list_pod_objects(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        return self._list_raw(self.core.list_namespaced_pod, namespace)
+
+    def watch_pods(self, namespace: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        return self._watch_raw(self.core.list_namespaced_pod, namespace, resource_version, timeout_s)
+
+    def _list_raw(self, list_fn, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        self.calls += 1
+        response = list_fn(namespace, _preload_content=False, _request_timeout=self.timeout_s * 6)
+        _raise_for_status(response)
+        body = json.loads(response.data)
+        return body.get("items") or [], (body.get("metadata") or {}).get("resourceVersion", "")
+
+    def _watch_raw(self, list_fn, namespace: str, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        self.calls += 1
+        response = list_fn(namespace, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+                           timeout_seconds=timeout_s, _preload_content=False,
+                           _request_timeout=(self.timeout_s, timeout_s + 30))
+        try:
+            _raise_for_status(response)
+            for line in iter_resp_lines(response):
+                if line:
+                    yield json.loads(line)
+        finally:
+            response.close()
+            response.release_conn()
 
     # -- pods ------------------------------------------------------------------------
 
@@ -148,6 +174,13 @@ class KubeApi:
         """Optimistic: fails with 409 when someone else wrote the Lease since it was read."""
         self.calls += 1
         return self.coordination.replace_namespaced_lease(name, namespace, lease, _request_timeout=self.timeout_s)
+
+
+def _raise_for_status(response: Any) -> None:
+    """A raw (unpreloaded) response is not checked by the client: do what it would."""
+    if not 200 <= int(response.status) <= 299:
+        raise ApiException(status=response.status, reason=response.reason,
+                           body=response.data.decode("utf-8", "replace") if response.data else None)
 
 
 def api_error_text(exc: Exception) -> str:

@@ -56,8 +56,10 @@ def build_runtime(settings: OperatorSettings, registry: PoolRegistry = REGISTRY)
     reader = QueueReader(redis_client(core, socket_timeout_s=settings.operator_redis_timeout_s))
     elector = LeaderElector(kube, settings.operator_lease_namespace or serving_namespace(settings),
                             settings.operator_lease_name, settings.identity(),
-                            duration_s=settings.operator_lease_duration_s)
-    controller = Controller(kube, metrics, status_refresh_s=settings.operator_status_refresh_s)
+                            duration_s=settings.operator_lease_duration_s,
+                            renew_every_s=settings.operator_lease_renew_s)
+    controller = Controller(kube, metrics, status_refresh_s=settings.operator_status_refresh_s,
+                            status_heartbeat_s=settings.operator_status_heartbeat_s)
     loop = ScalingLoop(registry=registry, controller=controller, reader=reader, elector=elector, metrics=metrics,
                        interval_s=settings.operator_interval_s, workers=settings.operator_workers)
     return Runtime(settings=settings, kube=kube, metrics=metrics, loop=loop, elector=elector)

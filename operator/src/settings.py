@@ -34,8 +34,16 @@ class OperatorSettings(BaseSettings):
     operator_redis_timeout_s: float = Field(default=1.0, gt=0)
     operator_api_timeout_s: float = Field(default=5.0, gt=0)
     # Status is written at once when something that matters changes (replicas, backlog,
-    # conditions); when only rates moved, at most this often.
-    operator_status_refresh_s: float = Field(default=10.0, ge=0)
+    # conditions); when only the rates moved (by more than 0.01 jobs/s and 10 %), at most
+    # this often.
+    operator_status_refresh_s: float = Field(default=30.0, ge=0)
+    # With nothing changed, the status (its lastObservedTime) is rewritten this often, so
+    # a reader can tell a watched pool from an abandoned one. The operator's own liveness
+    # is its probe (scaling loop age), which costs the API server nothing.
+    operator_status_heartbeat_s: float = Field(default=300.0, ge=1)
+    # The leader renews its Lease this often (no GET: it writes back the object its last
+    # write returned); 0: a third of the lease duration. A standby reads it every tick.
+    operator_lease_renew_s: float = Field(default=0.0, ge=0)
     # Pools reconciled in parallel within one tick.
     operator_workers: int = Field(default=8, ge=1, le=64)
     log_level: str = "INFO"

@@ -128,12 +128,44 @@ def status_patch(status: WorkerPoolStatus) -> dict[str, Any]:
     return {"status": wire}
 
 
+VOLATILE = ("arrivalRate", "completionRate", "throughputPerReplica")
+CLOCKS = ("lastObservedTime",)
+
+
 def material(status: WorkerPoolStatus) -> dict[str, Any]:
     """The part of a status whose change is worth a write at once (rates and clocks are not)."""
     data = status.model_dump(by_alias=True, mode="json")
-    for volatile in ("arrivalRate", "completionRate", "throughputPerReplica", "lastObservedTime"):
-        data.pop(volatile, None)
+    for name in VOLATILE + CLOCKS:
+        data.pop(name, None)
     return data
+
+
+# A rate is worth rewriting when it moved by more than this (absolute jobs/s, or
+# relative): a smoothed rate decays toward 0 for minutes after a burst, and every
+# fourth decimal of that tail is not news.
+RATE_ABS_TOLERANCE = 0.01
+RATE_REL_TOLERANCE = 0.1
+
+
+def rates_moved(rates: dict[str, Any], written: dict[str, Any]) -> str:
+    """"known" when a rate became known or unknown, "moved" when one changed by more than
+    the tolerance, "" when the written rates still tell the truth (pure)."""
+    for name, value in rates.items():
+        before = written.get(name)
+        if (value is None) != (before is None):
+            return "known"
+    for name, value in rates.items():
+        before = written.get(name)
+        if value is not None and before is not None and \
+                abs(value - before) > max(RATE_ABS_TOLERANCE, RATE_REL_TOLERANCE * abs(before)):
+            return "moved"
+    return ""
+
+
+def volatile(status: WorkerPoolStatus) -> dict[str, Any]:
+    """The rates: worth a write when they moved, but not at once (they move on every tick of a busy pool)."""
+    data = status.model_dump(by_alias=True, mode="json")
+    return {name: data.get(name) for name in VOLATILE}
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -90,4 +90,6 @@ class VisionParams(_Params):
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="shot-boundary score threshold")
     keyframes: bool = True
     contact_sheet: bool = False
-    batch_windows: int = Field(default=16, ge=1, le=256, description="100-frame windows per forward pass")
+    batch_windows: int | None = Field(
+        default=None, ge=1, le=256,
+        description="100-frame windows per forward pass; default: chosen for the device (16 on a GPU, 1 on the CPU)")

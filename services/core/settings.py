@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     whisper_device: str = "auto"
     whisper_compute_type: str = "auto"
     vision_device: str = "auto"
+    # torch threads for TransNetV2 on the CPU; 0: half the cores this process may use
+    # (at least 1), leaving the rest to the ffmpeg decoder that feeds it.
+    vision_threads: int = Field(default=0, ge=0)
 
     # /v1/pools reads and patches the WorkerPools of this namespace (the chart sets it
     # to the pod's own). Empty: no Kubernetes (``make run``), and /v1/pools shows the local pools read-only.

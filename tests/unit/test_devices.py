@@ -126,3 +126,13 @@ def test_warm_slot_forgets_a_failed_load_so_the_next_job_retries():
         slot.get("k", flaky)
     assert slot.get("k", flaky) == "model"
     assert len(attempts) == 2
+
+
+def test_vision_batches_windows_on_a_gpu_and_runs_one_lean_window_on_the_cpu():
+    from renderfarm.worker.workloads.vision import GPU_BATCH_WINDOWS, inference_plan
+
+    assert inference_plan("cuda", 16) == (GPU_BATCH_WINDOWS, None)  # threads left to torch
+    assert inference_plan("cpu", 2) == (1, 1)  # half the cores: the decoder gets the other
+    assert inference_plan("cpu", 1) == (1, 1)
+    assert inference_plan("cpu", 16) == (1, 8)
+    assert inference_plan("cpu", 16, threads_setting=3) == (1, 3)  # RF_VISION_THREADS wins
