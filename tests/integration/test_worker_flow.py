@@ -20,12 +20,11 @@ from renderfarm.core.queues import Priority
 from renderfarm.core.redis_conn import redis_client as make_redis
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import DEADLETTER, JobStore, events_channel
-from renderfarm.core.submit import job_message, new_job
 from renderfarm.worker.beat import recover_orphans
+from tests.support.jobs import TERMINAL, submit, wait_status
 from tests.support.media import ffprobe, make_clip, stream
 from tests.support.procs import ServiceProcess, PYTHON, start_worker, wait_for
 
-TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
 
 
 @pytest.fixture
@@ -51,23 +50,6 @@ def workers():
     yield started
     for proc in started:
         proc.stop(signal.SIGKILL, 5)
-
-
-def submit(store: JobStore, kind: str, input_path: Path | str, params: dict | None = None,
-           priority: Priority = Priority.normal):
-    job_kind = get_kind(kind)
-    uri = input_path.as_uri() if isinstance(input_path, Path) else input_path
-    params = job_kind.params_model.model_validate(params or {}).model_dump(mode="json")
-    job = new_job(job_kind, input=uri, params=params, priority=priority)
-    stored, created = store.submit(job, job_message(job_kind, job))
-    assert created
-    return stored
-
-
-def wait_status(store: JobStore, job_id: str, statuses, timeout: float = 60):
-    statuses = {JobStatus(s) for s in ([statuses] if isinstance(statuses, str) else statuses)}
-    return wait_for(lambda: (job := store.get(job_id)).status in statuses and job, timeout,
-                    what=f"job {job_id} to be {','.join(sorted(statuses))}")
 
 
 def test_transcode_through_a_worker_writes_checked_outputs(store, rf_settings_env, workers, clip, data_dir):

@@ -55,7 +55,7 @@ class Report:
     duplicates: int  # succeeded jobs whose side effect ran twice without a crash to explain it
     replays: int  # side effect redone because a run died between finishing and recording it
     double_commits: int  # succeeded jobs recorded as succeeded by two runs
-    unaccounted: int  # succeeded jobs without exactly one run in the ledger that recorded it
+    unaccounted: int  # succeeded jobs whose committing run (per the store) left no side-effect marker
     lost: int  # submitted jobs the store no longer knows
     stuck: int  # jobs not terminal when the drain timed out
     runs: int
@@ -82,7 +82,7 @@ class Report:
             f"runs            {self.runs} ({self.interrupted_runs} interrupted by a fault)",
             f"duplicates      {self.duplicates}  (side effect twice, no crash to explain it)",
             f"double commits  {self.double_commits}",
-            f"unaccounted     {self.unaccounted}  (succeeded, but not exactly one run in the ledger recorded it)",
+            f"unaccounted     {self.unaccounted}  (succeeded, but the committing run left no side-effect marker)",
             f"replays         {self.replays}  (run died between its side effect and recording it)",
             f"lost            {self.lost}",
             f"stuck           {self.stuck}",
@@ -404,29 +404,32 @@ def analyse(store: JobStore, job_ids: list[str], ledger: Path, faults: list[tupl
     notes = []
     for job_id in job_ids:
         try:
-            job = store.get(job_id)
+            state = store.run_state(job_id)
         except JobNotFound:
             lost += 1
             continue
+        job = state.job
         by_status[job.status.value] += 1
         if job.status == JobStatus.failed and job.error is not None:
             failed_by_error[job.error.type] += 1
         if job.status != JobStatus.succeeded:
             continue
-        job_runs = by_job.get(job_id, [])
-        commits = [r for r in job_runs if r["end"] == "succeeded"]
-        done = [r for r in job_runs if r["done"] is not None]
-        if len(commits) != 1:
+        # The store names the attempt that committed the success (the last to leave
+        # "running"); the ledger says which runs finished the side effect.
+        job_runs = {token: run for token, run in runs.items() if run["job"] == job_id}
+        committer = job_runs.get(state.last_token)
+        if committer is None or committer["done"] is None:
             unaccounted += 1
-            double_commits += len(commits) > 1
-            if not commits and len(notes) < 5:
-                notes.append(f"job {job_id} succeeded without a run recording it")
-        extra = [r for r in done if r["end"] != "succeeded"]
-        died_after_done = [r for r in extra if r["end"] is None]
+            if len(notes) < 5:
+                notes.append(f"job {job_id} succeeded, but its committing run left no side-effect marker")
+        double_commits += sum(run["end"] == "succeeded" for run in job_runs.values()) > 1
+        extra = [run for token, run in job_runs.items() if token != state.last_token and run["done"] is not None]
+        died_after_done = [run for run in extra if run["end"] is None]
         replays += len(died_after_done)
         if len(extra) > len(died_after_done):
             duplicates += 1
-            notes.append(f"job {job_id}: side effect ran {len(done)} times: {job_runs}")
+            if len(notes) < 10:
+                notes.append(f"job {job_id}: side effect ran {1 + len(extra)} times: {list(job_runs.values())}")
 
     # An interrupted run: a "start" without an "end" (its process died). Its job's
     # recovery is the first event after the run's last sign of life that requeues or
