@@ -58,6 +58,8 @@ SYSCTLS = (
     "kernel/keys/root_maxbytes",
 )
 
+# libcni's cache (containerd 1.6 cannot move it): one file per attachment
+CNI_CACHE = Path("/var/lib/cni/results")
 IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle", "raw")
 # built-in chains of every table: their policy is compared, the chains themselves stay
@@ -130,8 +132,16 @@ def cgroups() -> dict[str, list[str]]:
     return out
 
 
+def cni_cache() -> list[str]:
+    try:
+        return sorted(os.listdir(CNI_CACHE))
+    except OSError:
+        return []
+
+
 def snapshot() -> dict[str, Any]:
     return {
+        "cni_cache": cni_cache(),
         "mounts": mounts(),
         "netns": netns(),
         "links": links(),
@@ -157,6 +167,7 @@ def differences(before: dict[str, Any], after: dict[str, Any] | None = None) -> 
     sets("mounts", before["mounts"], after["mounts"])
     sets("netns", before["netns"], after["netns"])
     sets("links", before["links"], after["links"])
+    sets("CNI cache entries", before.get("cni_cache", []), after.get("cni_cache", []))
     for tool in IPTABLES:
         for table in sorted(set(before["iptables"].get(tool, {})) | set(after["iptables"].get(tool, {}))):
             sets(f"{tool} -t {table}", before["iptables"].get(tool, {}).get(table, []),
@@ -290,6 +301,16 @@ def remove_new_netns(before: dict[str, Any]) -> None:
 def remove_new_links(before: dict[str, Any]) -> None:
     for name in set(links()) - set(before["links"]):
         subprocess.run(["ip", "link", "delete", name], capture_output=True)
+
+
+def remove_new_cni_cache(before: dict[str, Any]) -> None:
+    """Cache entries of attachments that were never deleted (killed sandboxes), when
+    /var/lib/cni existed before (else remove_new_paths takes the whole folder)."""
+    for name in set(cni_cache()) - set(before.get("cni_cache", [])):
+        try:
+            (CNI_CACHE / name).unlink()
+        except OSError:
+            pass
 
 
 def remove_new_paths(before: dict[str, Any]) -> None:

@@ -195,6 +195,7 @@ def teardown(state: dict[str, Any]) -> list[str]:
     hoststate.remove_new_links(before)
     hoststate.restore_iptables(before)
     hoststate.restore_sysctls(before)
+    hoststate.remove_new_cni_cache(before)
     hoststate.remove_new_paths(before)
     hoststate.unmount_new(before, ["/run/netns"])
     shutil.rmtree(workdir + "/node", ignore_errors=True)
