@@ -385,14 +385,16 @@ def request_rates(cluster: Any, user: str, ns: str, rc: redis.Redis, apps: Any, 
 
     wait_for(settled, 300, interval=2, what=f"{len(names)} pools with a status")
     # Steady state: backlog and replicas unchanged, and the transient after the last change
-    # (first-sight writes, rates decaying after a burst) over: no status write for 10 s.
+    # (first-sight writes, rates decaying after a burst, rewritten at most every 30 s) over:
+    # no write but the Lease's for 35 s.
     waited = time.monotonic()
 
     def quiet() -> bool:
         now = time.time()
-        return not [r for r in requests_of(cluster.audit_log, user, now - 10, now) if r.resource != "leases"]
+        return not [r for r in requests_of(cluster.audit_log, user, now - 35, now)
+                    if r.resource != "leases" and r.verb != "watch"]
 
-    wait_for(quiet, 180, interval=2, what="the operator's writes to stop")
+    wait_for(quiet, 240, interval=2, what="the operator's writes to stop")
     quiet_after_s = time.monotonic() - waited
     steady_s = 10.0 if quick else 30.0
     start = time.time()
