@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: help install system-deps run test test-fast bench soak lint clean chart-pools manifests chart-lint monitoring
 
 help:
-	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
+	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground; MONITORING=1 adds Prometheus and Alertmanager"
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
 	@echo "make soak    fault soak: 500 jobs, 100 faults; prints duplicates, lost, stuck, time to recover"
@@ -44,7 +44,7 @@ $(INSTALL_STAMP): pyproject.toml constraints.txt
 install: system-deps $(INSTALL_STAMP)
 
 run: install
-	$(VENV)/bin/renderfarm local
+	$(VENV)/bin/renderfarm local $(if $(MONITORING),--monitoring)
 
 test: install k8s-tools node-tools images
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import yaml
 
+from renderfarm.monitoring.stack import alertmanager_binary, alertmanager_config, prometheus_config
 from tests.support.procs import ServiceProcess, free_port, wait_for
 
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+ALERTMANAGER = alertmanager_binary()
 PROMETHEUS = shutil.which("prometheus")
 
 
@@ -50,12 +51,7 @@ class AlertReceiver:
 
 def start_alertmanager(workdir: Path, receiver_url: str) -> tuple[ServiceProcess, str]:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "route": {"receiver": "test", "group_by": ["alertname"], "group_wait": "1s", "group_interval": "1s",
-                  "repeat_interval": "1h"},
-        "receivers": [{"name": "test", "webhook_configs": [{"url": receiver_url, "send_resolved": True}]}],
-    }
-    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver_url)))
     port = free_port()
     proc = ServiceProcess([ALERTMANAGER, f"--config.file={workdir / 'alertmanager.yml'}",
                            f"--storage.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
@@ -73,12 +69,7 @@ def start_prometheus(workdir: Path, targets: dict[str, list[str]], rules: str, a
     """``targets``: job name -> host:port list scraped at ``interval``; ``rules``: a rule file's text."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rules.yaml").write_text(rules)
-    config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
-        "rule_files": [str(workdir / "rules.yaml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.removeprefix("http://")]}]}]},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in targets.items()],
-    }
+    config = prometheus_config(targets, str(workdir / "rules.yaml"), alertmanager.removeprefix("http://"), interval)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     proc = ServiceProcess([PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
