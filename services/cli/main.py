@@ -433,6 +433,20 @@ def farm_status(ctx: typer.Context) -> None:
         out.print(f"{pool:<15} {count} worker{'s' if count != 1 else ''}")
 
 
+@app.command()
+def top(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="One screen (two reads --interval apart), then exit.")] = False,
+) -> None:
+    """A live view of pools, queues by priority, in-flight jobs, the oldest wait,
+    throughput and failures (admin key; the API only). Ctrl-C leaves."""
+    from renderfarm.cli.top import run_top
+
+    with api(ctx) as client:
+        run_top(client, out, interval_s=interval, once=once)
+
+
 # -- API keys --------------------------------------------------------------------
 
 
