@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from renderfarm.core.kinds import KINDS
-from renderfarm.core.metrics_store import (OUTCOME_STATUSES, OUTCOMES, WEBHOOK_DELIVERIES, WEBHOOK_RESULTS,
-                                           cumulative_buckets, duration_key)
+from renderfarm.core.metrics_store import (ORPHAN_RECOVERIES, OUTCOME_STATUSES, OUTCOMES, WEBHOOK_DELIVERIES,
+                                           WEBHOOK_RESULTS, cumulative_buckets, duration_key)
 from renderfarm.core.queues import all_queues, parse_queue_name, pool_queues
 from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, WEBHOOKS, JobStore
 
@@ -32,7 +32,8 @@ class FarmCollector:
             pipe.exists(BEAT_HEARTBEAT)
             pipe.zcount(WEBHOOKS, "-inf", time.time())
             pipe.hgetall(WEBHOOK_DELIVERIES)
-            dead_letter, beat_up, webhooks_due, webhook_results = pipe.execute()
+            pipe.get(ORPHAN_RECOVERIES)
+            dead_letter, beat_up, webhooks_due, webhook_results, orphans = pipe.execute()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -53,6 +54,10 @@ class FarmCollector:
         yield from (depth, inflight, paused, oldest)
 
         yield from _farm_gauges(dead_letter, beat_up, webhooks_due, webhook_results)
+        family = CounterMetricFamily(f"{NAMESPACE}_orphan_recoveries", "Runs beat found with a lapsed lease and "
+                                     "requeued or failed")
+        family.add_metric([], float(orphans or 0))
+        yield family
 
         outcome_family = CounterMetricFamily(f"{NAMESPACE}_job_outcomes", "Finished jobs by kind, queue and status",
                                              labels=["kind", "queue", "status"])

@@ -11,6 +11,7 @@ import redis
 OUTCOMES = "rf:metrics:outcomes"
 WEBHOOK_DELIVERIES = "rf:metrics:webhooks"  # hash: result -> count
 WEBHOOK_RESULTS: tuple[str, ...] = ("delivered", "retry", "given_up")
+ORPHAN_RECOVERIES = "rf:metrics:orphan_recoveries"  # counter: runs beat found with a lapsed lease
 # Statuses the outcome counter is exported with from the start (at 0), so a rate over
 # the first failure of a kind is not lost to a series that appears already at 1.
 OUTCOME_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -41,6 +42,10 @@ def record_outcome(pipe: redis.client.Pipeline, kind: str, queue: str, status: s
 def record_webhook(client: redis.Redis, result: str) -> None:
     """Count one webhook delivery attempt by result (one of WEBHOOK_RESULTS)."""
     client.hincrby(WEBHOOK_DELIVERIES, result, 1)
+
+
+def record_orphan_recovery(client: redis.Redis) -> None:
+    client.incr(ORPHAN_RECOVERIES)
 
 
 def cumulative_buckets(raw: dict[str, str]) -> list[tuple[str, float]]:
