@@ -5,17 +5,21 @@ Configured only by the standard ``OTEL_*`` variables. Without
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) no SDK is set up:
 the API's tracer is OpenTelemetry's no-op and a span costs a function call.
 The trace context travels in the Celery message as a W3C ``traceparent`` header.
+Until ``setup`` has installed the SDK in this process, ``span`` and ``inject`` do
+not touch OpenTelemetry at all (its no-op path still costs context switches).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 
 from opentelemetry import context, propagate, trace
 
 _lock = threading.Lock()
 _configured_pid: int | None = None
+_active = False  # the SDK is set up in this process
 
 
 def enabled() -> bool:
@@ -27,8 +31,11 @@ def enabled() -> bool:
 def setup(service_name: str) -> bool:
     """Install the SDK with an OTLP/HTTP exporter in this process (once per process:
     a forked pool child needs its own exporter thread). False when tracing is off."""
-    global _configured_pid
+    global _configured_pid, _active
+    if _configured_pid == os.getpid():
+        return _active
     if not enabled():
+        _configured_pid, _active = os.getpid(), False
         return False
     with _lock:
         if _configured_pid == os.getpid():
@@ -43,7 +50,7 @@ def setup(service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace._TRACER_PROVIDER_SET_ONCE._done = False  # noqa: SLF001 - a forked child replaces its parent's provider
         trace.set_tracer_provider(provider)
-        _configured_pid = os.getpid()
+        _configured_pid, _active = os.getpid(), True
         return True
 
 
@@ -51,8 +58,17 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer("renderfarm")
 
 
+def span(name: str, **kwargs):
+    """A span made current for the ``with`` block; a do-nothing one while tracing is off."""
+    if not _active:
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer().start_as_current_span(name, **kwargs)
+
+
 def inject() -> dict[str, str]:
     """The current context as headers (``traceparent``); empty when nothing is traced."""
+    if not _active:
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
@@ -69,6 +85,8 @@ def traced(name: str):
     def decorate(fn):
         @wraps(fn)
         def wrapper(*args, **kwargs):
+            if not _active:
+                return fn(*args, **kwargs)
             with tracer().start_as_current_span(name):
                 return fn(*args, **kwargs)
 

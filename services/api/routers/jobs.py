@@ -73,7 +73,7 @@ def submit_job(
             check_http_url(str(body.webhook_url), allow_private=settings_.allow_private_fetch)
         except InputError as exc:
             raise ApiError(422, "invalid_webhook", str(exc), [{"field": "webhook_url", "message": str(exc)}]) from None
-    with tracing.tracer().start_as_current_span("POST /v1/jobs", kind=SpanKind.SERVER) as span:
+    with tracing.span("POST /v1/jobs", kind=SpanKind.SERVER) as span:
         return _submit(body, kind, request, response, idempotency_key, tenant, store_, span)
 
 
@@ -93,8 +93,7 @@ def _submit(body: SubmitJobRequest, kind, request: Request, response: Response, 
     fingerprint = body_fingerprint(body.model_dump(mode="json")) if idempotency_key else ""
     span.set_attributes({"rf.job_id": job.id, "rf.kind": kind.name, "rf.queue": job.queue, "rf.attempt": 1})
     try:
-        with tracing.tracer().start_as_current_span("publish", kind=SpanKind.PRODUCER,
-                                                    attributes={"rf.job_id": job.id, "rf.queue": job.queue}):
+        with tracing.span("publish", kind=SpanKind.PRODUCER, attributes={"rf.job_id": job.id, "rf.queue": job.queue}):
             message = job_message(kind, job, trace_headers=tracing.inject())
             stored, created = store_.submit(job, message, body_hash=fingerprint)
     except IdempotencyConflict as exc:
