@@ -73,22 +73,28 @@ def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
 
+        ours = ("submit", "publish", "run probe", "ffprobe")
+
         def job_trace():
-            api_span = [s for s in receiver.spans if s["name"] == "POST /v1/jobs" and s["attrs"].get("rf.job_id") == job_id]
-            if not api_span:
+            submit = [s for s in receiver.spans if s["name"] == "submit" and s["attrs"].get("rf.job_id") == job_id]
+            if not submit:
                 return None
-            trace = [s for s in receiver.spans if s["trace_id"] == api_span[0]["trace_id"]]
-            return trace if {"POST /v1/jobs", "publish", "run probe", "ffprobe"} <= {s["name"] for s in trace} else None
+            trace = [s for s in receiver.spans if s["trace_id"] == submit[0]["trace_id"]]
+            return trace if set(ours) <= {s["name"] for s in trace} else None
 
         trace = wait_for(job_trace, 60, what="the job's spans at the receiver", interval=0.5)
-        by_name = {s["name"]: s for s in trace}
-        assert by_name["POST /v1/jobs"]["service"] == by_name["publish"]["service"] == "renderfarm-api"
+        for name in ours:
+            assert [s["name"] for s in trace].count(name) == 1, (name, trace)
+        by_name = {s["name"]: s for s in trace if s["name"] in ours}
+        by_id = {s["span_id"]: s for s in trace}
+        assert by_name["submit"]["service"] == by_name["publish"]["service"] == "renderfarm-api"
         assert by_name["run probe"]["service"] == by_name["ffprobe"]["service"] == "renderfarm-worker"
-        # parent links: request -> publish -> run -> ffprobe
-        assert by_name["publish"]["parent"] == by_name["POST /v1/jobs"]["span_id"]
-        assert by_name["run probe"]["parent"] == by_name["publish"]["span_id"]
-        assert by_name["ffprobe"]["parent"] == by_name["run probe"]["span_id"]
-        for name in ("POST /v1/jobs", "publish", "run probe"):
+        # parent links: the API's request span -> submit -> publish -> run -> ffprobe
+        assert by_id[by_name["submit"]["parent"]]["service"] == "renderfarm-api", trace
+        assert by_name["publish"]["parent"] == by_name["submit"]["span_id"], trace
+        assert by_name["run probe"]["parent"] == by_name["publish"]["span_id"], trace
+        assert by_name["ffprobe"]["parent"] == by_name["run probe"]["span_id"], trace
+        for name in ("submit", "publish", "run probe"):
             assert by_name[name]["attrs"]["rf.job_id"] == job_id, name
         assert by_name["run probe"]["attrs"]["rf.queue"] == "cpu.normal"
         assert by_name["run probe"]["attrs"]["rf.kind"] == "probe"

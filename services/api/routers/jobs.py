@@ -73,7 +73,8 @@ def submit_job(
             check_http_url(str(body.webhook_url), allow_private=settings_.allow_private_fetch)
         except InputError as exc:
             raise ApiError(422, "invalid_webhook", str(exc), [{"field": "webhook_url", "message": str(exc)}]) from None
-    with tracing.span("POST /v1/jobs", kind=SpanKind.SERVER) as span:
+    # FastAPI's own request span (when the SDK is set up) is this span's parent.
+    with tracing.span("submit") as span:
         return _submit(body, kind, request, response, idempotency_key, tenant, store_, span)
 
 
