@@ -6,16 +6,17 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON := $(abspath $(PY))
-SYSTEM_PACKAGES := redis-server ffmpeg espeak-ng openssl
-SYSTEM_BINARIES := redis-server ffmpeg ffprobe espeak-ng openssl
+# prometheus (promtool) and prometheus-alertmanager: the alert-rule tests and the live monitoring test
+SYSTEM_PACKAGES := redis-server ffmpeg espeak-ng openssl prometheus prometheus-alertmanager
+SYSTEM_BINARIES := redis-server ffmpeg ffprobe espeak-ng openssl promtool prometheus prometheus-alertmanager
 INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint
+.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint monitoring
 
 help:
-	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground"
+	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground; MONITORING=1 adds Prometheus and Alertmanager"
 	@echo "make test    install what is missing and run every test (unit, integration, e2e, k8s)"
 	@echo "make bench   measure latency, throughput and overhead (writes bench/results/latest.json)"
 	@echo "make bench-scale   how costs grow with 10^3..10^5 jobs and 10..1000 pools (~15 min)"
@@ -24,6 +25,7 @@ help:
 	@echo "make images  build the API, CPU worker and Redis images with buildah (build/images.env)"
 	@echo "make manifests   regenerate the chart's pool list and the plain manifests in k8s/"
 	@echo "make chart-lint  helm lint --strict of helm/renderfarm (the project's pinned helm)"
+	@echo "make monitoring  regenerate the alert rules and Grafana dashboards (chart files and monitoring/)"
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
@@ -43,7 +45,7 @@ $(INSTALL_STAMP): pyproject.toml constraints.txt
 install: system-deps $(INSTALL_STAMP)
 
 run: install
-	$(VENV)/bin/renderfarm local
+	$(VENV)/bin/renderfarm local $(if $(MONITORING),--monitoring)
 
 test: install k8s-tools node-tools images
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
@@ -63,7 +65,11 @@ soak: install
 chart-pools: install
 	$(PY) -m renderfarm.core.pool_catalog > helm/renderfarm/files/pools.json
 
-manifests: chart-pools k8s-tools
+# Alert rules and dashboards come from services/monitoring; a unit test fails when stale.
+monitoring: install
+	$(PY) -m renderfarm.monitoring.generate --write
+
+manifests: chart-pools monitoring k8s-tools
 	$(PY) helm/render.py --write
 
 chart-lint: k8s-tools

@@ -49,6 +49,9 @@ class LatencyMiddleware:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    from renderfarm.core import tracing
+
+    tracing.setup("renderfarm-api")  # only with OTEL_EXPORTER_OTLP_*ENDPOINT set
     client = redis_client(settings)
     store = JobStore(client, retention_seconds=settings.retention_seconds)
 

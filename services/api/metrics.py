@@ -8,9 +8,11 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from renderfarm.core.metrics_store import OUTCOMES, cumulative_buckets, duration_key
-from renderfarm.core.queues import all_queues, parse_queue_name
-from renderfarm.core.store import JobStore
+from renderfarm.core.kinds import KINDS
+from renderfarm.core.metrics_store import (ORPHAN_RECOVERIES, OUTCOME_STATUSES, OUTCOMES, WEBHOOK_DELIVERIES,
+                                           WEBHOOK_RESULTS, cumulative_buckets, duration_key)
+from renderfarm.core.queues import all_queues, parse_queue_name, pool_queues
+from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, WEBHOOKS, JobStore
 
 NAMESPACE = "renderfarm"
 
@@ -25,6 +27,13 @@ class FarmCollector:
             stats = self.store.queue_stats(all_queues())
             outcomes = self.store.redis.hgetall(OUTCOMES)
             workers = self.store.workers()
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.llen(DEADLETTER)
+            pipe.exists(BEAT_HEARTBEAT)
+            pipe.zcount(WEBHOOKS, "-inf", time.time())
+            pipe.hgetall(WEBHOOK_DELIVERIES)
+            pipe.get(ORPHAN_RECOVERIES)
+            dead_letter, beat_up, webhooks_due, webhook_results, orphans = pipe.execute()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -44,13 +53,19 @@ class FarmCollector:
             oldest.add_metric(labels, stat.oldest_age_s or 0.0)
         yield from (depth, inflight, paused, oldest)
 
+        yield from _farm_gauges(dead_letter, beat_up, webhooks_due, webhook_results)
+        family = CounterMetricFamily(f"{NAMESPACE}_orphan_recoveries", "Runs beat found with a lapsed lease and "
+                                     "requeued or failed")
+        family.add_metric([], float(orphans or 0))
+        yield family
+
         outcome_family = CounterMetricFamily(f"{NAMESPACE}_job_outcomes", "Finished jobs by kind, queue and status",
                                              labels=["kind", "queue", "status"])
         pairs = set()
-        for field, count in outcomes.items():
-            kind, queue, status = field.split("|")
-            outcome_family.add_metric([kind, queue, status], float(count))
-            pairs.add((kind, queue))
+        for (kind, queue, status), count in sorted(outcome_counts(outcomes).items()):
+            outcome_family.add_metric([kind, queue, status], count)
+            if count:
+                pairs.add((kind, queue))
         yield outcome_family
 
         durations = HistogramMetricFamily(f"{NAMESPACE}_job_duration_seconds", "Job run time by kind and queue",
@@ -73,6 +88,35 @@ class FarmCollector:
         for pool, count in sorted(per_pool.items()):
             up_workers.add_metric([pool], count)
         yield up_workers
+
+
+def outcome_counts(raw: dict[str, str]) -> dict[tuple[str, str, str], float]:
+    """Pure: Redis outcome fields -> counts, with every registered kind, queue of its
+    pool and final status present from the start (0): bounded by the registry, and a
+    rate over a kind's first failure is not lost to a series that appears at 1."""
+    counts = {(kind.name, queue, status): 0.0
+              for kind in KINDS.values() for queue in pool_queues(kind.workload) for status in OUTCOME_STATUSES}
+    for field, count in raw.items():
+        kind, queue, status = field.split("|")
+        counts[(kind, queue, status)] = float(count)
+    return counts
+
+
+def _farm_gauges(dead_letter: int, beat_up: int, webhooks_due: int, webhook_results: dict[str, str]):
+    family = GaugeMetricFamily(f"{NAMESPACE}_dead_letter_size", "Jobs in the dead-letter list (failed for good)")
+    family.add_metric([], float(dead_letter))
+    yield family
+    family = GaugeMetricFamily(f"{NAMESPACE}_beat_up", "1 while beat's heartbeat is fresh in Redis")
+    family.add_metric([], 1.0 if beat_up else 0.0)
+    yield family
+    family = GaugeMetricFamily(f"{NAMESPACE}_webhooks_due", "Webhook deliveries whose (next) attempt is due now")
+    family.add_metric([], float(webhooks_due))
+    yield family
+    family = CounterMetricFamily(f"{NAMESPACE}_webhook_deliveries", "Webhook delivery attempts by result",
+                                 labels=["result"])
+    for result in WEBHOOK_RESULTS:
+        family.add_metric([result], float(webhook_results.get(result, 0)))
+    yield family
 
 
 class ApiMetrics:

@@ -93,8 +93,50 @@ def _api_key(data_dir: Path, client: redis.Redis) -> str:
     return key
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _monitoring_children(data_dir: Path, api_port: int, worker_ports: list[int], prometheus_port: int,
+                         alertmanager_port: int) -> list[Child] | str:
+    """Prometheus and Alertmanager (Debian's packages) with the farm's alert rules, scraping
+    the API and the workers; a string says why they cannot run."""
+    import yaml
+
+    from renderfarm.monitoring.generate import rules_yaml
+    from renderfarm.monitoring.stack import alertmanager_binary, alertmanager_config, prometheus_config
+
+    prometheus, alertmanager = shutil.which("prometheus"), alertmanager_binary()
+    if not prometheus or not alertmanager:
+        return "prometheus and prometheus-alertmanager are not installed (make system-deps installs them)"
+    for busy in (prometheus_port, alertmanager_port):
+        if _port_open(busy):
+            return f"port {busy} is already in use (--prometheus-port / --alertmanager-port)"
+    folder = data_dir / "monitoring"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rules.yaml").write_text(rules_yaml())
+    targets = {"api": [f"127.0.0.1:{api_port}"], "worker": [f"127.0.0.1:{p}" for p in worker_ports]}
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(
+        targets, str(folder / "rules.yaml"), f"127.0.0.1:{alertmanager_port}")))
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config()))
+    env = dict(os.environ)
+    return [
+        Child("alertmanager", [alertmanager, f"--config.file={folder / 'alertmanager.yml'}",
+                               f"--storage.path={folder / 'alertmanager'}",
+                               f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address=",
+                               "--log.level=warn"], env, stop_timeout_s=10),
+        Child("prometheus", [prometheus, f"--config.file={folder / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={folder / 'prometheus'}",
+                             f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+              env, stop_timeout_s=10),
+    ]
+
+
 def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int = 6379,
-              pools: list[str] | None = None) -> int:
+              pools: list[str] | None = None, monitoring: bool = False, prometheus_port: int = 9090,
+              alertmanager_port: int = 9093) -> int:
     pools = pools or ["cpu", "gpu-transcribe", "gpu-vision"]
     data_dir = data_dir.resolve()
     for sub in ("inputs", "outputs", "work", "redis"):
@@ -124,10 +166,20 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
     python = sys.executable
     children.append(Child("api", [python, "-m", "uvicorn", "renderfarm.api.app:create_app", "--factory",
                                   "--host", "127.0.0.1", "--port", str(port)], env))
-    for pool in pools:
+    worker_ports = [_free_port() for _ in pools] if monitoring else []
+    for i, pool in enumerate(pools):
+        worker_env = dict(env, RF_POOL=pool)
+        if monitoring:
+            worker_env["RF_WORKER_METRICS_PORT"] = str(worker_ports[i])
         children.append(Child(f"worker {pool}", [python, "-m", "renderfarm.worker", "--pool", pool],
-                              dict(env, RF_POOL=pool), stop_timeout_s=60))
+                              worker_env, stop_timeout_s=60))
     children.append(Child("beat", [python, "-m", "renderfarm.worker.beat"], env))
+    if monitoring:
+        stack = _monitoring_children(data_dir, port, worker_ports, prometheus_port, alertmanager_port)
+        if isinstance(stack, str):
+            print(f"--monitoring: {stack}", file=sys.stderr)
+            return 1
+        children.extend(stack)
     for i, child in enumerate(children):
         child.color = _COLORS[i % len(_COLORS)]
 
@@ -164,6 +216,10 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
             time.sleep(0.2)
         sample = data_dir / "inputs" / "sample.mp4"
         _banner(base, key, data_dir, sample, pools)
+        if monitoring:
+            print(f"  Prometheus   http://127.0.0.1:{prometheus_port}   (alerts: http://127.0.0.1:{prometheus_port}/alerts)\n"
+                  f"  Alertmanager http://127.0.0.1:{alertmanager_port}   (rules: {data_dir / 'monitoring' / 'rules.yaml'})\n",
+                  flush=True)
         if not sample.exists():
             _make_sample(sample)
         while not stopping.is_set():
@@ -176,7 +232,7 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
     finally:
         print("\nstopping: workers first (running jobs finish or go back to their queues)…", flush=True)
         order = [c for c in children if c.name.startswith("worker")] + \
-                [c for c in children if c.name in ("api", "beat")] + [c for c in children if c.name == "redis"]
+                [c for c in children if c.name in ("api", "beat", "prometheus", "alertmanager")] + [c for c in children if c.name == "redis"]
         for group in (order[:len(pools)], order[len(pools):]):
             threads = [threading.Thread(target=_stop, args=(c,)) for c in group]
             for thread in threads:

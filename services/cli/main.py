@@ -433,6 +433,20 @@ def farm_status(ctx: typer.Context) -> None:
         out.print(f"{pool:<15} {count} worker{'s' if count != 1 else ''}")
 
 
+@app.command()
+def top(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="One screen (two reads --interval apart), then exit.")] = False,
+) -> None:
+    """A live view of pools, queues by priority, in-flight jobs, the oldest wait,
+    throughput and failures (admin key; the API only). Ctrl-C leaves."""
+    from renderfarm.cli.top import run_top
+
+    with api(ctx) as client:
+        run_top(client, out, interval_s=interval, once=once)
+
+
 # -- API keys --------------------------------------------------------------------
 
 
@@ -495,8 +509,13 @@ def local(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="API port.")] = 8000,
     redis_port: Annotated[int, typer.Option("--redis-port", min=1, max=65535)] = 6379,
     pools: Annotated[str, typer.Option("--pools", help="Worker pools to start, comma-separated.")] = DEFAULT_POOLS,
+    monitoring: Annotated[bool, typer.Option("--monitoring", help="Also run Prometheus and Alertmanager with the "
+                                                                  "farm's alert rules.")] = False,
+    prometheus_port: Annotated[int, typer.Option("--prometheus-port", min=1, max=65535)] = 9090,
+    alertmanager_port: Annotated[int, typer.Option("--alertmanager-port", min=1, max=65535)] = 9093,
 ) -> None:
-    """Run the whole farm on this machine: Redis, API, beat and workers."""
+    """Run the whole farm on this machine: Redis, API, beat and workers (and, with
+    --monitoring, Prometheus and Alertmanager)."""
     pool_list = parse_pools(pools)
     try:
         from renderfarm.cli.local import run_local
@@ -505,6 +524,7 @@ def local(
             raise
         err.print("[bold red]Error:[/] the local runner is not available in this installation")
         raise typer.Exit(EXIT_API_ERROR) from None
-    result = run_local(data_dir=data_dir, port=port, redis_port=redis_port, pools=pool_list)
+    result = run_local(data_dir=data_dir, port=port, redis_port=redis_port, pools=pool_list, monitoring=monitoring,
+                       prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
     if isinstance(result, int) and result:
         raise typer.Exit(result)

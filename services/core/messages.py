@@ -25,6 +25,7 @@ def celery_message(
     soft_time_limit_s: int | None = None,
     time_limit_s: int | None = None,
     enqueued_at: float | None = None,
+    trace_headers: dict[str, str] | None = None,
 ) -> str:
     body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     headers = {
@@ -50,6 +51,8 @@ def celery_message(
         # Read by queue stats (oldest waiting age) and by priority aging.
         "rf_enqueued_at": enqueued_at,
     }
+    # W3C trace context of the publish (renderfarm.core.tracing); the worker's run joins its trace.
+    headers.update({k: v for k, v in (trace_headers or {}).items() if k in ("traceparent", "tracestate")})
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",

@@ -9,6 +9,12 @@ from __future__ import annotations
 import redis
 
 OUTCOMES = "rf:metrics:outcomes"
+WEBHOOK_DELIVERIES = "rf:metrics:webhooks"  # hash: result -> count
+WEBHOOK_RESULTS: tuple[str, ...] = ("delivered", "retry", "given_up")
+ORPHAN_RECOVERIES = "rf:metrics:orphan_recoveries"  # counter: runs beat found with a lapsed lease
+# Statuses the outcome counter is exported with from the start (at 0), so a rate over
+# the first failure of a kind is not lost to a series that appears already at 1.
+OUTCOME_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
@@ -31,6 +37,15 @@ def record_outcome(pipe: redis.client.Pipeline, kind: str, queue: str, status: s
         pipe.hincrby(key, bucket_for(duration_s), 1)
         pipe.hincrbyfloat(key, "sum", duration_s)
         pipe.hincrby(key, "count", 1)
+
+
+def record_webhook(client: redis.Redis, result: str) -> None:
+    """Count one webhook delivery attempt by result (one of WEBHOOK_RESULTS)."""
+    client.hincrby(WEBHOOK_DELIVERIES, result, 1)
+
+
+def record_orphan_recovery(client: redis.Redis) -> None:
+    client.incr(ORPHAN_RECOVERIES)
 
 
 def cumulative_buckets(raw: dict[str, str]) -> list[tuple[str, float]]:

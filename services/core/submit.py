@@ -40,7 +40,8 @@ def new_job(
     )
 
 
-def job_message(kind: JobKind, job: Job, *, queue: str | None = None) -> str:
+def job_message(kind: JobKind, job: Job, *, queue: str | None = None,
+                trace_headers: dict[str, str] | None = None) -> str:
     """The Celery message that runs ``job`` (the job id is also the task id)."""
     return celery_message(
         task_name=kind.task_name,
@@ -50,4 +51,5 @@ def job_message(kind: JobKind, job: Job, *, queue: str | None = None) -> str:
         soft_time_limit_s=kind.soft_time_limit_s,
         time_limit_s=kind.time_limit_s,
         enqueued_at=time.time(),
+        trace_headers=trace_headers,
     )

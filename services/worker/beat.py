@@ -19,6 +19,7 @@ import time
 
 from renderfarm.core.jobs import ErrorType, JobStatus
 from renderfarm.core.maintenance import aged_priority
+from renderfarm.core.metrics_store import record_orphan_recovery
 from renderfarm.core.messages import message_enqueued
 from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, all_queues, queue_name
 from renderfarm.core.redis_conn import redis_client
@@ -50,6 +51,7 @@ def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
                                f"the run on {state.job.worker} stopped renewing its lease", lapsed_before=now)
         if updated is not None:
             recovered.append(job_id)
+            record_orphan_recovery(store.redis)
     return recovered
 
 

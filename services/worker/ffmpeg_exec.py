@@ -36,6 +36,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import ffmpeg
 
+from renderfarm.core.tracing import traced
 from renderfarm.worker.errors import InvalidMedia, JobCancelled
 
 FFMPEG = "ffmpeg"
@@ -277,6 +278,7 @@ def _drain(stream: IO[bytes], into: deque[str]) -> threading.Thread:
     return thread
 
 
+@traced("ffmpeg")
 def run_ffmpeg(
     argv: Sequence[str],
     *,
@@ -379,6 +381,7 @@ def probe_argv(path: Path | str) -> list[str]:
     return [FFPROBE, "-v", "error", *options, "-show_format", "-show_streams", "-of", "json", file_url(path)]
 
 
+@traced("ffprobe")
 def probe(path: Path | str, *, should_stop: Callable[[], bool] | None = None,
           grace_s: float = TERMINATE_GRACE_S) -> dict:
     """ffprobe's JSON (format and streams) for a local file, with the same input

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
+
+from renderfarm.core import tracing
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -21,3 +23,38 @@ def _warm_up(**_kwargs) -> None:
     if warm_up is not None:
         warm_up(get_settings())
         log.info("pool %s: warm-up started in process %s", pool, os.getpid())
+
+
+# One span per run, in the trace the API's publish started (its traceparent header).
+_runs: dict[str, tuple] = {}
+
+
+@task_prerun.connect
+def _start_run_span(task_id=None, task=None, args=None, **_kwargs) -> None:
+    if not tracing.setup("renderfarm-worker"):
+        return
+    from opentelemetry import context
+    from opentelemetry.trace import SpanKind
+
+    request = task.request
+    parent = tracing.extract({k: getattr(request, k, None) for k in ("traceparent", "tracestate")
+                              if getattr(request, k, None)})
+    kind = task.name.rsplit(".", 1)[-1]
+    queue = (request.delivery_info or {}).get("routing_key", "")
+    span = tracing.tracer().start_span(f"run {kind}", context=parent, kind=SpanKind.CONSUMER, attributes={
+        "rf.job_id": (args or [""])[0], "rf.kind": kind, "rf.queue": queue})
+    token = context.attach(tracing.trace.set_span_in_context(span))
+    _runs[task_id] = (span, token)
+
+
+@task_postrun.connect
+def _end_run_span(task_id=None, state=None, **_kwargs) -> None:
+    entry = _runs.pop(task_id, None)
+    if entry is None:
+        return
+    from opentelemetry import context
+
+    span, token = entry
+    span.set_attribute("rf.celery_state", str(state))
+    span.end()
+    context.detach(token)

@@ -27,6 +27,7 @@ import time
 import httpx
 
 from renderfarm.core.inputs import InputError, check_http_url
+from renderfarm.core.metrics_store import record_webhook
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import WEBHOOKS, JobNotFound, JobStore, job_key
 from renderfarm.core.webhooks import (
@@ -81,14 +82,17 @@ async def _deliver_one(store: JobStore, settings: Settings, client: httpx.AsyncC
     if outcome is None:
         store.redis.zrem(WEBHOOKS, job_id)
         store.redis.hset(job_key(job_id), "webhook_delivery", "delivered")
+        record_webhook(store.redis, "delivered")
         return 1
     delay = next_attempt_delay_s(attempts)
     if delay is None or outcome.startswith("refused"):
         store.redis.zrem(WEBHOOKS, job_id)
         store.redis.hset(job_key(job_id), "webhook_delivery", f"given up after {attempts} attempts: {outcome}")
+        record_webhook(store.redis, "given_up")
         log.warning("webhook for job %s given up: %s", job_id, outcome)
     else:
         store.redis.zadd(WEBHOOKS, {job_id: time.time() + delay})
+        record_webhook(store.redis, "retry")
         log.info("webhook for job %s not delivered (%s); next attempt in %.0f s", job_id, outcome, delay)
     return 0
 

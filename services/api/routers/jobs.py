@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from opentelemetry.trace import SpanKind
 
 from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
@@ -24,6 +25,7 @@ from renderfarm.core.store import (
     body_fingerprint,
     events_channel,
 )
+from renderfarm.core import tracing
 from renderfarm.core.submit import job_message, new_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 503))
@@ -71,6 +73,13 @@ def submit_job(
             check_http_url(str(body.webhook_url), allow_private=settings_.allow_private_fetch)
         except InputError as exc:
             raise ApiError(422, "invalid_webhook", str(exc), [{"field": "webhook_url", "message": str(exc)}]) from None
+    # FastAPI's own request span (when the SDK is set up) is this span's parent.
+    with tracing.span("submit") as span:
+        return _submit(body, kind, request, response, idempotency_key, tenant, store_, span)
+
+
+def _submit(body: SubmitJobRequest, kind, request: Request, response: Response, idempotency_key: str | None,
+            tenant: str, store_: JobStore, span) -> Job:
     params = body.params.model_dump(mode="json")
     job = new_job(
         kind,
@@ -83,8 +92,11 @@ def submit_job(
         tenant=tenant,
     )
     fingerprint = body_fingerprint(body.model_dump(mode="json")) if idempotency_key else ""
+    span.set_attributes({"rf.job_id": job.id, "rf.kind": kind.name, "rf.queue": job.queue, "rf.attempt": 1})
     try:
-        stored, created = store_.submit(job, job_message(kind, job), body_hash=fingerprint)
+        with tracing.span("publish", kind=SpanKind.PRODUCER, attributes={"rf.job_id": job.id, "rf.queue": job.queue}):
+            message = job_message(kind, job, trace_headers=tracing.inject())
+            stored, created = store_.submit(job, message, body_hash=fingerprint)
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), {"job_id": exc.job_id}) from None
     request.app.state.metrics.submitted(kind.name, body.priority.value)

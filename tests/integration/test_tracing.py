@@ -1,0 +1,120 @@
+"""Tracing: one job's spans (API request, publish, worker run, ffprobe/ffmpeg) share
+one trace across the API and worker processes, exported over OTLP/HTTP to a
+receiver in the test (it decodes the protobuf export requests with
+opentelemetry-proto). Without an OTLP endpoint no SDK is set up."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from renderfarm.core.apikeys import ALL_SCOPES, create_api_key
+from tests.support.media import make_clip
+from tests.support.procs import RedisServer, rf_env, start_api, start_worker, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class OtlpReceiver:
+    def __init__(self) -> None:
+        self.spans: list[dict] = []
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                request = ExportTraceServiceRequest.FromString(raw)
+                for resource_spans in request.resource_spans:
+                    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+                    for scope in resource_spans.scope_spans:
+                        for span in scope.spans:
+                            attrs = {a.key: (a.value.string_value or a.value.int_value) for a in span.attributes}
+                            spans.append({"name": span.name, "trace_id": span.trace_id.hex(),
+                                          "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
+                                          "service": service, "attrs": attrs})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
+    receiver = OtlpReceiver()
+    redis_server = RedisServer(tmp_path / "redis").start()
+    data_dir = tmp_path / "farm"
+    env = rf_env(redis_server.url, data_dir, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                 OTEL_BSP_SCHEDULE_DELAY="100")
+    started = []
+    try:
+        api, base = start_api(env)
+        started.append(api)
+        started.append(start_worker(env, pool="cpu"))
+        key = create_api_key(redis_server.client(), tenant="ops", scopes=ALL_SCOPES)
+        clip = make_clip(data_dir / "inputs" / "clip.mp4", duration=1, width=160, height=120)
+        response = httpx.post(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"},
+                              json={"kind": "probe", "input": clip.as_uri()})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+
+        ours = ("submit", "publish", "run probe", "ffprobe")
+
+        def job_trace():
+            submit = [s for s in receiver.spans if s["name"] == "submit" and s["attrs"].get("rf.job_id") == job_id]
+            if not submit:
+                return None
+            trace = [s for s in receiver.spans if s["trace_id"] == submit[0]["trace_id"]]
+            return trace if set(ours) <= {s["name"] for s in trace} else None
+
+        trace = wait_for(job_trace, 60, what="the job's spans at the receiver", interval=0.5)
+        for name in ours:
+            assert [s["name"] for s in trace].count(name) == 1, (name, trace)
+        by_name = {s["name"]: s for s in trace if s["name"] in ours}
+        by_id = {s["span_id"]: s for s in trace}
+        assert by_name["submit"]["service"] == by_name["publish"]["service"] == "renderfarm-api"
+        assert by_name["run probe"]["service"] == by_name["ffprobe"]["service"] == "renderfarm-worker"
+        # parent links: the API's request span -> submit -> publish -> run -> ffprobe
+        assert by_id[by_name["submit"]["parent"]]["service"] == "renderfarm-api", trace
+        assert by_name["publish"]["parent"] == by_name["submit"]["span_id"], trace
+        assert by_name["run probe"]["parent"] == by_name["publish"]["span_id"], trace
+        assert by_name["ffprobe"]["parent"] == by_name["run probe"]["span_id"], trace
+        for name in ("submit", "publish", "run probe"):
+            assert by_name[name]["attrs"]["rf.job_id"] == job_id, name
+        assert by_name["run probe"]["attrs"]["rf.queue"] == "cpu.normal"
+        assert by_name["run probe"]["attrs"]["rf.kind"] == "probe"
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        redis_server.stop()
+        receiver.close()
+
+
+def test_without_an_endpoint_no_sdk_is_set_up(monkeypatch):
+    from opentelemetry import trace
+
+    from renderfarm.core import tracing
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.setattr(tracing, "_configured_pid", None)
+    assert tracing.setup("renderfarm-test") is False
+    with tracing.span("x") as span:
+        assert not span.get_span_context().is_valid  # the API's no-op span
+        assert tracing.inject() == {}
+    assert not type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.sdk")
