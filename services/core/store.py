@@ -719,6 +719,33 @@ class JobStore:
         """Forget a lease entry whose job is no longer running (it expired or was rewritten)."""
         self.redis.zrem(LEASES, job_id)
 
+    # -- webhook deliveries (the due set and the job's delivery fields) -------------
+
+    def claim_due_webhooks(self, now: float, hold_until: float, limit: int = 50) -> list[str]:
+        """Job ids whose webhook is due, each pushed to ``hold_until`` so that two
+        senders never post the same one at once (a dead sender's claim comes due again)."""
+        claimed = []
+        for job_id in self.redis.zrangebyscore(WEBHOOKS, "-inf", now, start=0, num=limit):
+            if self.redis.zadd(WEBHOOKS, {job_id: hold_until}, xx=True, gt=True, ch=True):
+                claimed.append(job_id)
+        return claimed
+
+    def count_webhook_attempt(self, job_id: str) -> int:
+        return int(self.redis.hincrby(job_key(job_id), "webhook_attempts", 1))
+
+    def webhook_done(self, job_id: str, outcome: str) -> None:
+        """No more attempts: ``outcome`` ("delivered", or why it was given up) goes on the job."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(WEBHOOKS, job_id)
+        pipe.hset(job_key(job_id), "webhook_delivery", outcome)
+        pipe.execute()
+
+    def webhook_retry_at(self, job_id: str, when: float) -> None:
+        self.redis.zadd(WEBHOOKS, {job_id: when})
+
+    def forget_webhook(self, job_id: str) -> None:
+        self.redis.zrem(WEBHOOKS, job_id)
+
     def publish_status(self, job: Job) -> None:
         """Tell SSE listeners about a job's state; status changes publish their own event."""
         event = ProgressEvent(job_id=job.id, status=job.status, progress=job.progress, stage=job.stage,

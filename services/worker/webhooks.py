@@ -29,7 +29,7 @@ import httpx
 from renderfarm.core.inputs import InputError, check_http_url
 from renderfarm.core.metrics_store import record_webhook
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import WEBHOOKS, JobNotFound, JobStore, job_key
+from renderfarm.core.store import JobNotFound, JobStore
 from renderfarm.core.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
@@ -54,12 +54,8 @@ def deliver_due(store: JobStore, settings: Settings, limit: int = 50) -> int:
 
 async def deliver_due_async(store: JobStore, settings: Settings, limit: int = 50) -> int:
     now = time.time()
-    claimed = []
-    for job_id in store.redis.zrangebyscore(WEBHOOKS, "-inf", now, start=0, num=limit):
-        # Claim it for the delivery's whole budget so two senders never post it at once.
-        lease = now + settings.webhook_timeout_s + CLAIM_MARGIN_S
-        if store.redis.zadd(WEBHOOKS, {job_id: lease}, xx=True, gt=True, ch=True):
-            claimed.append(job_id)
+    # Claimed for the delivery's whole budget so two senders never post one at once.
+    claimed = store.claim_due_webhooks(now, now + settings.webhook_timeout_s + CLAIM_MARGIN_S, limit)
     if not claimed:
         return 0
     slots = asyncio.Semaphore(max(1, settings.webhook_concurrency))
@@ -74,24 +70,22 @@ async def _deliver_one(store: JobStore, settings: Settings, client: httpx.AsyncC
     try:
         job = store.get(job_id)
     except JobNotFound:
-        store.redis.zrem(WEBHOOKS, job_id)
+        store.forget_webhook(job_id)
         return 0
-    attempts = int(store.redis.hincrby(job_key(job_id), "webhook_attempts", 1))
+    attempts = store.count_webhook_attempt(job_id)
     async with slots:
         outcome = await _post(client, job.model_dump_json().encode(), job.webhook_url or "", job.status.value, settings)
     if outcome is None:
-        store.redis.zrem(WEBHOOKS, job_id)
-        store.redis.hset(job_key(job_id), "webhook_delivery", "delivered")
+        store.webhook_done(job_id, "delivered")
         record_webhook(store.redis, "delivered")
         return 1
     delay = next_attempt_delay_s(attempts)
     if delay is None or outcome.startswith("refused"):
-        store.redis.zrem(WEBHOOKS, job_id)
-        store.redis.hset(job_key(job_id), "webhook_delivery", f"given up after {attempts} attempts: {outcome}")
+        store.webhook_done(job_id, f"given up after {attempts} attempts: {outcome}")
         record_webhook(store.redis, "given_up")
         log.warning("webhook for job %s given up: %s", job_id, outcome)
     else:
-        store.redis.zadd(WEBHOOKS, {job_id: time.time() + delay})
+        store.webhook_retry_at(job_id, time.time() + delay)
         record_webhook(store.redis, "retry")
         log.info("webhook for job %s not delivered (%s); next attempt in %.0f s", job_id, outcome, delay)
     return 0
