@@ -41,6 +41,7 @@ from tests.support.real_release import install, ready  # noqa: E402
 SECTION = "real-node"
 TARGET_SCALE_UP_P99_S = 10.0
 NS = "bench-real-node"
+MISS_AFTER_S = 90.0  # a trial with no new pod Ready by then is a miss
 
 
 def pct(values: list[float], q: float) -> float:
@@ -77,7 +78,8 @@ def measure(quick: bool) -> dict[str, Any]:
         clip = make_clip(rel.media / "inputs" / "bench.mp4", duration=4, width=640, height=360)
         os.chmod(clip, 0o644)
 
-        reactions = []
+        reactions: list[float] = []
+        misses: list[dict[str, Any]] = []
         for _ in range(trials):
             # back at the minimum: one Ready pod and nothing terminating
             wait("the cpu pool at 1 pod", lambda: (lambda ps: len(ps) == 1 and ready(ps[0])
@@ -87,17 +89,24 @@ def measure(quick: bool) -> dict[str, Any]:
             start = time.monotonic()
             ids = [rel.submit("bench.mp4", height=240) for _ in range(3)]
             first = None
-            while first is None and time.monotonic() - start < 120:
+            while first is None and time.monotonic() - start < MISS_AFTER_S:
                 if any(ready(p) for p in worker_pods(cluster, dep) if p["metadata"]["name"] not in before):
                     first = time.monotonic() - start
                 else:
                     time.sleep(0.1)
             if first is None:
-                raise RuntimeError("no new worker pod Ready within 120 s")
+                # a miss counts as MISS_AFTER_S in the percentiles; say what the operator saw
+                status = cluster.kubectl_json("get", "wp", "cpu", "-n", NS).get("status", {})
+                misses.append({"last_scale_reason": status.get("lastScaleReason"),
+                               "desired": status.get("desiredReplicas"), "backlog": status.get("backlog"),
+                               "pods": [(p["metadata"]["name"], p["status"].get("phase"), ready(p))
+                                        for p in worker_pods(cluster, dep)]})
+                first = MISS_AFTER_S
             reactions.append(first)
             for i in ids:
                 rel.wait_job(i, timeout=300)
         out["scale_up_first_pod_ready_s"] = [round(r, 2) for r in reactions]
+        out["scale_up_misses"] = misses
         out["scale_up_p50_s"] = round(statistics.median(reactions), 2)
         out["scale_up_p99_s"] = round(pct(reactions, 0.99), 2)
 
@@ -148,7 +157,8 @@ def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
     report.check(SECTION, "backlog -> first new real worker pod Ready p99", results["scale_up_p99_s"],
                  limit=TARGET_SCALE_UP_P99_S, unit=" s",
                  note=f"p50 {results['scale_up_p50_s']:.2f} s over {len(results['scale_up_first_pod_ready_s'])} "
-                      f"trials; operator interval 1 s, local images")
+                      f"trials ({len(results['scale_up_misses'])} missed {MISS_AFTER_S:.0f} s); "
+                      f"operator interval 1 s, local images")
     local = getattr(report, "data", {}).get("results", {}).get("throughput", {}).get("renderfarm_probe_rps")
     ratio = f"{results['probe_jobs_per_s'] / local:.2f}x of make run's farm" if local else ""
     report.row(SECTION, "probe jobs/s through the in-cluster API (2 worker pods)",

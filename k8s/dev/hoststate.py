@@ -220,11 +220,17 @@ def _kill_cgroup_procs(top: Path) -> None:
                 pass
 
 
+# Only what the node makes is undone (another tool may change the host meanwhile;
+# differences() still reports anything new).
+NODE_CGROUPS = ("kubepods",)  # kubelet's cgroupfs root of every pod
+NODE_CHAIN_PREFIXES = ("KUBE-", "CNI-")  # kube-proxy, kubelet's canaries, CNI plugins
+
+
 def remove_new_cgroups(before: dict[str, Any]) -> None:
-    """Kill what runs in the cgroups made since `before` and remove them (bottom-up)."""
+    """Kill what runs in the node's cgroups made since `before` and remove them (bottom-up)."""
     now = cgroups()
     targets = [CGROUP_ROOT / h / name for h, names in now.items()
-               for name in names if name not in before["cgroups"].get(h, [])]
+               for name in names if name not in before["cgroups"].get(h, []) and name.startswith(NODE_CGROUPS)]
     for top in targets:
         _kill_cgroup_procs(top)
     deadline = time.monotonic() + 10
@@ -257,9 +263,10 @@ def restore_iptables(before: dict[str, Any]) -> None:
         now = iptables_rules(tool)
         for table, lines in now.items():
             old = set(old_tables.get(table, []))
-            new_rules = [ln for ln in lines if ln.startswith("-A ") and ln not in old]
+            new_rules = [ln for ln in lines if ln.startswith("-A ") and ln not in old
+                         and any(p in ln for p in NODE_CHAIN_PREFIXES)]
             new_chains = [ln[1:].split()[0] for ln in lines
-                          if ln.startswith(":") and ln not in old and ln[1:].split()[0] not in _BUILTIN]
+                          if ln.startswith(":") and ln not in old and ln[1:].startswith(NODE_CHAIN_PREFIXES)]
             for rule in new_rules:
                 _iptables(tool, "-t", table, *_split_rule(rule, "-D"))
             for chain in new_chains:
