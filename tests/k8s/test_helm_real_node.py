@@ -297,12 +297,7 @@ def test_uninstall_removes_everything_but_the_crd_and_the_pvcs(real_cluster: Loc
     left = c.kubectl_json("get", "deployments,statefulsets,services,configmaps,secrets,serviceaccounts,roles,"
                           "rolebindings,workerpools,poddisruptionbudgets,networkpolicies", "-n", NS)["items"]
     ours = [o for o in left if o["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE]
-    # what the chart marks helm.sh/resource-policy: keep stays on purpose (printed for the record)
-    kept = [f"{o['kind']}/{o['metadata']['name']}" for o in ours
-            if o["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"]
-    print(f"kept after uninstall: {kept}")
-    assert not [f"{o['kind']}/{o['metadata']['name']}" for o in ours
-                if f"{o['kind']}/{o['metadata']['name']}" not in kept]
+    assert not [f"{o['kind']}/{o['metadata']['name']}" for o in ours]
     wait_for("farm pods gone", lambda: not [p for p in c.kubectl_json("get", "pods", "-n", NS)["items"]
                                             if not p["metadata"].get("annotations", {}).get("helm.sh/hook")], 120)
     assert c.kubectl("get", "crd", "workerpools.renderfarm.io").returncode == 0  # Helm keeps CRDs
