@@ -110,3 +110,9 @@ async def require_jobs(request: Request) -> str:
 async def require_admin(request: Request) -> ApiKeyRecord:
     """A key with the ``admin`` scope."""
     return _require_scope(await require_key(request), Scope.admin)
+
+
+async def require_jobs_key(request: Request) -> tuple[ApiKeyRecord, str]:
+    """A key with the ``jobs`` scope and its id (a digest prefix, to record who acted; never the key)."""
+    record = _require_scope(await require_key(request), Scope.jobs)
+    return record, hash_key(presented_key(request) or "")[:12]

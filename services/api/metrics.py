@@ -12,6 +12,7 @@ from renderfarm.core.kinds import KINDS
 from renderfarm.core.metrics_store import (ORPHAN_RECOVERIES, OUTCOME_STATUSES, OUTCOMES, WEBHOOK_DELIVERIES,
                                            WEBHOOK_RESULTS, cumulative_buckets, duration_key)
 from renderfarm.core.queues import all_queues, parse_queue_name, pool_queues
+from renderfarm.core.review import bounded_backlog
 from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, WEBHOOKS, JobStore
 
 NAMESPACE = "renderfarm"
@@ -28,7 +29,7 @@ class FarmCollector:
             outcomes = self.store.redis.hgetall(OUTCOMES)
             workers = self.store.workers()
             pipe = self.store.redis.pipeline(transaction=False)
-            pipe.llen(DEADLETTER)
+            pipe.zcard(DEADLETTER)
             pipe.exists(BEAT_HEARTBEAT)
             pipe.zcount(WEBHOOKS, "-inf", time.time())
             pipe.hgetall(WEBHOOK_DELIVERIES)
@@ -54,6 +55,7 @@ class FarmCollector:
         yield from (depth, inflight, paused, oldest)
 
         yield from _farm_gauges(dead_letter, beat_up, webhooks_due, webhook_results)
+        yield review_backlog_family(self.store)
         family = CounterMetricFamily(f"{NAMESPACE}_orphan_recoveries", "Runs beat found with a lapsed lease and "
                                      "requeued or failed")
         family.add_metric([], float(orphans or 0))
@@ -131,3 +133,12 @@ class ApiMetrics:
 
     def submitted(self, kind: str, priority: str) -> None:
         self.submissions.labels(kind, priority).inc()
+
+
+def review_backlog_family(store: JobStore) -> GaugeMetricFamily:
+    """Jobs waiting in manual review by kind and error type (labels bounded by the registry)."""
+    family = GaugeMetricFamily(f"{NAMESPACE}_review_backlog", "Jobs failed for good and waiting in manual review",
+                               labels=["kind", "error_type"])
+    for (kind, error_type), count in sorted(bounded_backlog(store.review_backlog()).items()):
+        family.add_metric([kind, error_type], count)
+    return family

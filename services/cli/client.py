@@ -171,6 +171,30 @@ class RenderfarmClient:
     def retry(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/retry")
 
+    def delete(self, job_id: str) -> None:
+        self.request("DELETE", f"/v1/jobs/{job_id}")
+
+    # -- manual review ------------------------------------------------------------
+
+    def review_page(self, kind: str | None = None, error_type: str | None = None, since: str | None = None,
+                    limit: int = 50, cursor: str | None = None, all_tenants: bool = False) -> dict[str, Any]:
+        query = {"kind": kind, "error_type": error_type, "since": since, "limit": limit, "cursor": cursor,
+                 "all_tenants": "true" if all_tenants else None}
+        return self.request("GET", "/v1/review", params={k: v for k, v in query.items() if v is not None})
+
+    def review_requeue(self, job_id: str, params: dict[str, Any] | None = None,
+                       priority: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"params": params, "priority": priority}.items() if v is not None}
+        return self.request("POST", f"/v1/review/{job_id}/requeue", json=body)
+
+    def review_dismiss(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/review/{job_id}/dismiss")
+
+    def review_requeue_matching(self, kind: str | None = None, error_type: str | None = None,
+                                since: str | None = None, all_tenants: bool = False) -> dict[str, Any]:
+        body = {k: v for k, v in {"kind": kind, "error_type": error_type, "since": since}.items() if v is not None}
+        return self.request("POST", "/v1/review:requeue", json=body | {"all_tenants": all_tenants})
+
     def events(self, job_id: str, read_timeout: float = 60.0, last_event_id: str | None = None) -> Iterator[SseEvent]:
         """The job's Server-Sent Events until the server ends the stream (after a terminal
         status, or after the stream's lifetime: then reconnect with ``last_event_id``).

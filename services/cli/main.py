@@ -317,6 +317,14 @@ def retry(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID"
     out.print(Text.assemble(f"{job['id']} ", status_text(job["status"]), f" on {job['queue']}"))
 
 
+@app.command()
+def delete(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Delete a finished job and its outputs (a queued job is cancelled first; cancel a running one and wait)."""
+    with api(ctx) as client:
+        client.delete(job_id)
+    out.print(f"{job_id} deleted")
+
+
 # -- queues and workers ----------------------------------------------------------
 
 
@@ -528,3 +536,77 @@ def local(
                        prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
     if isinstance(result, int) and result:
         raise typer.Exit(result)
+
+
+# -- manual review ------------------------------------------------------------------
+
+review_app = typer.Typer(help="Jobs that failed for good: list, requeue (maybe with new params), dismiss.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("list")
+def review_list(
+    ctx: typer.Context,
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k")] = None,
+    error_type: Annotated[Optional[str], typer.Option("--error-type", "-e", help="e.g. transient, invalid_media.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="ISO time: only jobs that failed after it.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=500)] = 50,
+    cursor: Annotated[Optional[str], typer.Option("--cursor")] = None,
+    all_tenants: Annotated[bool, typer.Option("--all-tenants", help="Every tenant's (admin key).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Raw JSON.")] = False,
+) -> None:
+    """Jobs in review, newest failure first."""
+    with api(ctx) as client:
+        page = client.review_page(kind=kind, error_type=error_type, since=since, limit=limit, cursor=cursor,
+                                  all_tenants=all_tenants)
+    if as_json:
+        _print_json(page)
+        return
+    items = page.get("items", [])
+    if not items:
+        err.print("nothing in review")
+        return
+    for item in items:
+        job = item["job"]
+        error = job.get("error") or {}
+        out.print(Text.assemble(f"{job['id']}  {job['kind']}  ", (str(error.get("type", "")), "red"),
+                                f"  {item['in_review_since']}  {error.get('message', '')[:80]}"))
+    if page.get("next_cursor"):
+        err.print(f"more: --cursor {page['next_cursor']}")
+
+
+@review_app.command("requeue")
+def review_requeue(
+    ctx: typer.Context,
+    job_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="One job; without it, every match of the filters.")] = None,
+    params: Annotated[Optional[str], typer.Option("--params-json", help="New params as JSON (one job only).")] = None,
+    priority: Annotated[Optional[str], typer.Option("--priority", "-p", help="New priority (one job only).")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="Bulk: this kind only.")] = None,
+    error_type: Annotated[Optional[str], typer.Option("--error-type", "-e", help="Bulk: this error type only.")] = None,
+    all_tenants: Annotated[bool, typer.Option("--all-tenants", help="Bulk across tenants (admin key).")] = False,
+) -> None:
+    """Run a job in review again with a fresh retry budget, or (no ID) all that match --kind/--error-type."""
+    if job_id is None and not (kind or error_type):
+        raise typer.BadParameter("give a job ID, or --kind and/or --error-type for a bulk requeue")
+    try:
+        new_params = json.loads(params) if params else None
+    except ValueError:
+        raise typer.BadParameter("--params-json must be JSON") from None
+    with api(ctx) as client:
+        if job_id is not None:
+            job = client.review_requeue(job_id, params=new_params, priority=priority)
+            out.print(Text.assemble(f"{job['id']} ", status_text(job["status"]), f" on {job['queue']}"))
+            return
+        answer = client.review_requeue_matching(kind=kind, error_type=error_type, all_tenants=all_tenants)
+    for requeued in answer["requeued"]:
+        out.print(requeued)
+    err.print(f"{answer['count']} requeued" + (" (more match: run again)" if answer.get("more") else ""))
+
+
+@review_app.command("dismiss")
+def review_dismiss(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Take a job out of review; its record stays (failed) until retention expires it."""
+    with api(ctx) as client:
+        job = client.review_dismiss(job_id)
+    out.print(Text.assemble(f"{job['id']} dismissed (", status_text(job["status"]), ")"))

@@ -92,6 +92,16 @@ class JobResult(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class ReviewAction(BaseModel):
+    """One manual-review action on a job: who (API key id and tenant), when, what."""
+
+    action: str  # "requeue" or "dismiss"
+    by: str  # the acting API key's id (a digest prefix, never the key)
+    tenant: str  # the acting key's tenant (an admin may act across tenants)
+    at: datetime
+    changes: dict[str, Any] = Field(default_factory=dict)  # requeue: the params/priority it changed
+
+
 class Job(BaseModel):
     id: str
     kind: str
@@ -115,6 +125,7 @@ class Job(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     tenant: str = "default"
     worker: str | None = None
+    review_log: list[ReviewAction] = Field(default_factory=list)  # manual-review actions, oldest first
 
 
 class ProgressEvent(BaseModel):

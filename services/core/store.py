@@ -9,7 +9,9 @@ Key layout (all under ``rf:``):
 - ``rf:tenant:<t>:jobs``        zset: one tenant's jobs, same score (its listing reads
   only these, and ``rf:tenant:<t>:status:<status>`` / ``rf:tenant:<t>:kind:<kind>``)
 - ``rf:idem:<tenant>:<key>``    string: "<job id> <body hash>" for Idempotency-Key
-- ``rf:deadletter``             list: ids of jobs that failed for good, newest first
+- ``rf:review``                 zset: jobs that failed for good (the dead-letter set, worked
+  through by manual review), scored by when they failed (epoch s); per tenant
+  ``rf:tenant:<t>:review``. (Before: ``rf:deadletter``, a list; maintenance adopts it.)
 - ``rf:inflight:<queue>``       hash: job id -> worker name for jobs taken, not done
 - ``rf:leases``                 zset: running job id -> when its run's lease lapses (epoch s)
 - ``rf:paused``                 set: paused queue names
@@ -66,7 +68,8 @@ from renderfarm.core.jobs import (
 
 PREFIX = "rf:"
 INDEX_ALL = f"{PREFIX}jobs:all"
-DEADLETTER = f"{PREFIX}deadletter"
+DEADLETTER = f"{PREFIX}review"
+LEGACY_DEADLETTER = f"{PREFIX}deadletter"  # the old list; adopt_legacy_dead_letter() moves it
 PAUSED = f"{PREFIX}paused"
 WORKERS = f"{PREFIX}workers"
 DELAYED = f"{PREFIX}delayed"
@@ -152,7 +155,7 @@ def token_pid(token: str) -> int | None:
 
 # --- encoding (pure) ---------------------------------------------------------
 
-_JSON_FIELDS = ("params", "result", "error", "labels")
+_JSON_FIELDS = ("params", "result", "error", "labels", "review_log")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at")
 
 
@@ -187,6 +190,8 @@ def decode_job(raw: dict[str, str]) -> Job:
         data["labels"] = {}
     if data.get("params") is None:
         data["params"] = {}
+    if data.get("review_log") is None:
+        data.pop("review_log", None)
     for internal in _INTERNAL_FIELDS:
         data.pop(internal, None)
     return Job.model_validate(data)
@@ -329,10 +334,14 @@ if tonumber(ARGV[4]) > 0 then
 else
   redis.call('PERSIST', KEYS[1])
 end
-if ARGV[5] == '1' then redis.call('LPUSH', KEYS[3], ARGV[1]) end
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[12], ARGV[1])
+  redis.call('ZADD', tenant_index(KEYS[1], 'review'), ARGV[12], ARGV[1])
+end
 if ARGV[2] == 'queued' then
   -- A manual retry: out of the dead-letter list, and a fresh retry budget.
-  redis.call('LREM', KEYS[3], 0, ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', tenant_index(KEYS[1], 'review'), ARGV[1])
   redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0')
 end
 if ARGV[2] == 'cancelled' and current == 'queued' and queue then
@@ -564,6 +573,165 @@ class StaleAttempt(RuntimeError):
 
 class LeaseAlive(RuntimeError):
     """Recovery found the run's lease renewed meanwhile: the run is alive."""
+
+
+
+# --- delete and manual review ------------------------------------------------------
+
+_REVIEW_SUFFIX = "review"
+
+
+def tenant_review_index(tenant: str) -> str:
+    """One tenant's jobs in review (same members and scores as DEADLETTER)."""
+    return f"{_TENANT_PREFIX}{tenant}:{_REVIEW_SUFFIX}"
+
+
+class NotInReview(RuntimeError):
+    def __init__(self, job_id: str, current: str):
+        super().__init__(f"job {job_id} is not in review (it is {current or 'dismissed or requeued'})")
+        self.current = current
+
+
+@dataclass(frozen=True)
+class ReviewPage:
+    entries: list[tuple[float, Job]]  # (when it entered review, epoch s; the job)
+    next_cursor: str | None
+
+
+def encode_review_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_review_cursor(cursor: str) -> tuple[float, str]:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        score, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split(":", 1)
+        return float(score), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+
+
+# Appends one action (JSON object) to the job's review log.
+_REVIEW_LOG_LUA = """
+local function append_review(job_key, action_json)
+  local raw = redis.call('HGET', job_key, 'review_log')
+  local log = {}
+  if raw and raw ~= '' then log = cjson.decode(raw) end
+  log[#log + 1] = cjson.decode(action_json)
+  redis.call('HSET', job_key, 'review_log', cjson.encode(log))
+end
+
+-- A job the caller may see: it exists and, when a tenant is named, belongs to it.
+local function visible(job_key, tenant)
+  if redis.call('EXISTS', job_key) == 0 then return false end
+  return tenant == '' or redis.call('HGET', job_key, 'tenant') == tenant
+end
+"""
+
+# Delete a finished job and every trace of it.
+# KEYS: job, all index, review, delayed, webhooks, leases, status indexes...
+# ARGV: 1 id, 2 tenant ('' = any), 3 finished statuses (a,b,c), 4 kind index prefix, 5 idempotency key prefix
+_DELETE = _STATUS_LUA + _REVIEW_LOG_LUA + """
+if not visible(KEYS[1], ARGV[2]) then return {'missing', ''} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not string.find(',' .. ARGV[3] .. ',', ',' .. status .. ',', 1, true) then return {'conflict', status} end
+local kind = redis.call('HGET', KEYS[1], 'kind') or ''
+local tenant = redis.call('HGET', KEYS[1], 'tenant') or ''
+local idem = redis.call('HGET', KEYS[1], 'idempotency_key') or ''
+for _, key in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], status_key(status, 7), ARGV[4] .. kind,
+                      tenant_index(KEYS[1], 'jobs'), tenant_index(KEYS[1], 'status:' .. status),
+                      tenant_index(KEYS[1], 'kind:' .. kind), tenant_index(KEYS[1], 'review')}) do
+  redis.call('ZREM', key, ARGV[1])
+end
+if idem ~= '' then
+  local idem_key = ARGV[5] .. tenant .. ':' .. idem
+  local mapped = redis.call('GET', idem_key)
+  if mapped and string.sub(mapped, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', idem_key) end
+end
+local record = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {'ok', status, record}
+"""
+
+# Requeue from review: failed and in review -> queued, out of review, fresh budget,
+# changed fields, its message on its queue, the action logged, the event published.
+# KEYS: job, review, all index, events channel, status indexes...
+# ARGV: 1 id, 2 tenant ('' = any), 3 message, 4 action json, 5 event time, 6.. field/value pairs
+_REVIEW_REQUEUE = _STATUS_LUA + _EVENT_LUA + _REVIEW_LOG_LUA + """
+if not visible(KEYS[1], ARGV[2]) then return {'missing', ''} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {'not_in_review', status} end
+if status ~= 'failed' then return {'conflict', status} end
+local fields = {'status', 'queued'}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+append_review(KEYS[1], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', tenant_index(KEYS[1], 'review'), ARGV[1])
+local score = redis.call('ZSCORE', KEYS[3], ARGV[1]) or 0
+redis.call('ZREM', status_key('failed', 5), ARGV[1])
+redis.call('ZADD', status_key('queued', 5), score, ARGV[1])
+move_tenant_status(KEYS[1], ARGV[1], 'failed', 'queued', score)
+redis.call('PERSIST', KEYS[1])
+redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0', 'queue_message', ARGV[3])
+redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
+publish_event(KEYS[1], KEYS[4], ARGV[1], ARGV[5])
+return {'ok', status, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Dismiss: out of review, the record kept as it is, the action logged.
+# KEYS: job, review  ARGV: 1 id, 2 tenant ('' = any), 3 action json
+_REVIEW_DISMISS = _STATUS_LUA + _REVIEW_LOG_LUA + """
+if not visible(KEYS[1], ARGV[2]) then return {'missing', ''} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {'not_in_review', status} end
+append_review(KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', tenant_index(KEYS[1], 'review'), ARGV[1])
+return {'ok', status, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Review backlog by (kind, error type), counted where the data is.
+# KEYS: review  ARGV: job key prefix, scan limit
+_REVIEW_COUNTS = """
+local counts, order = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  local row = redis.call('HMGET', ARGV[1] .. id, 'kind', 'error')
+  if row[1] then
+    local error_type = ''
+    if row[2] and row[2] ~= '' then
+      local ok, decoded = pcall(cjson.decode, row[2])
+      if ok and type(decoded) == 'table' and type(decoded.type) == 'string' then error_type = decoded.type end
+    end
+    local label = row[1] .. '\\n' .. error_type
+    if not counts[label] then counts[label] = 0; order[#order + 1] = {row[1], error_type, label} end
+    counts[label] = counts[label] + 1
+  end
+end
+local flat = {}
+for _, item in ipairs(order) do
+  flat[#flat + 1] = item[1]; flat[#flat + 1] = item[2]; flat[#flat + 1] = counts[item[3]]
+end
+return flat
+"""
+
+# The old dead-letter list becomes the review set (scored by when each job finished).
+# KEYS: old list, review  ARGV: job key prefix, tenant prefix
+_ADOPT_LEGACY = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+local moved = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local row = redis.call('HMGET', ARGV[1] .. id, 'finished_at', 'tenant')
+  if row[1] then
+    local at = row[1] ~= '' and row[1] or '0'
+    redis.call('ZADD', KEYS[2], at, id)
+    redis.call('ZADD', ARGV[2] .. (row[2] or '') .. ':review', at, id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return moved
+"""
 
 
 class JobStore:
@@ -828,7 +996,11 @@ class JobStore:
         return Page(jobs=[job for _, _, job in page], next_cursor=next_cursor)
 
     def dead_letter(self, limit: int = 100) -> list[str]:
-        return self.redis.lrange(DEADLETTER, 0, limit - 1)
+        """Ids of jobs that failed for good (in review), newest first."""
+        return self.redis.zrevrange(DEADLETTER, 0, limit - 1)
+
+    def dead_letter_size(self) -> int:
+        return int(self.redis.zcard(DEADLETTER))
 
     def counts_by_status(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -987,12 +1159,116 @@ class JobStore:
                     self.redis.zrem(index, *missing)
                     removed += len(missing)
                 start += batch - len(missing)
-        # Dead-letter entries whose job expired are noise too.
-        for job_id in self.redis.lrange(DEADLETTER, 0, -1):
+        # Review (dead-letter) entries whose job expired are noise too.
+        self.adopt_legacy_dead_letter()
+        for job_id in self.redis.zrange(DEADLETTER, 0, -1):
             if not self.redis.exists(job_key(job_id)):
-                self.redis.lrem(DEADLETTER, 0, job_id)
+                self.redis.zrem(DEADLETTER, job_id)
                 removed += 1
         return removed
+
+
+    # -- delete and manual review (each action one atomic call) ----------------------
+
+    def _script(self, name: str, source: str):
+        """Scripts of this section, registered on first use."""
+        scripts = self.__dict__.setdefault("_section_scripts", {})
+        if name not in scripts:
+            scripts[name] = self.redis.register_script(source)
+        return scripts[name]
+
+    def delete(self, job_id: str, tenant: str | None = None) -> Job:
+        """Remove a finished job: its record, every index entry (tenant ones too), its
+        review entry, delayed/webhook/lease entries and its idempotency key mapping, in
+        one atomic call. Returns the record as it was. Raises JobNotFound (also for
+        another tenant's job) or TransitionConflict (the job has not finished)."""
+        reply = self._script("delete", _DELETE)(
+            keys=[job_key(job_id), INDEX_ALL, DEADLETTER, DELAYED, WEBHOOKS, LEASES, *self._STATUS_KEYS],
+            args=[job_id, tenant or "", ",".join(s.value for s in TERMINAL_STATUSES), kind_index(""),
+                  idempotency_key("", "")[:-1]],
+        )
+        if reply[0] == "missing":
+            raise JobNotFound(job_id)
+        if reply[0] == "conflict":
+            raise TransitionConflict(job_id, reply[1], "deleted")
+        return decode_job(_pairs(reply[2]))
+
+    def review_requeue(self, job_id: str, *, message: str, action: dict[str, Any],
+                       fields: dict[str, Any] | None = None, tenant: str | None = None) -> Job:
+        """A job in review goes back to ``queued`` with a fresh retry budget, its message
+        on its (maybe new) queue, the action appended to its review log: one atomic call,
+        so a crash leaves it either in review or queued, never neither."""
+        encoded = encode_fields(fields or {})
+        flat = [item for pair in encoded.items() for item in pair]
+        reply = self._script("review_requeue", _REVIEW_REQUEUE)(
+            keys=[job_key(job_id), DEADLETTER, INDEX_ALL, events_channel(job_id), *self._STATUS_KEYS],
+            args=[job_id, tenant or "", message, json.dumps(action), _iso_now(), *flat],
+        )
+        return self._review_reply(job_id, reply, "queued")
+
+    def review_dismiss(self, job_id: str, *, action: dict[str, Any], tenant: str | None = None) -> Job:
+        """Out of review, record kept (it stays failed and expires with retention)."""
+        reply = self._script("review_dismiss", _REVIEW_DISMISS)(
+            keys=[job_key(job_id), DEADLETTER], args=[job_id, tenant or "", json.dumps(action)])
+        return self._review_reply(job_id, reply, "dismissed")
+
+    @staticmethod
+    def _review_reply(job_id: str, reply: list, target: str) -> Job:
+        if reply[0] == "missing":
+            raise JobNotFound(job_id)
+        if reply[0] in ("conflict", "not_in_review"):
+            raise NotInReview(job_id, reply[1])
+        return decode_job(_pairs(reply[2]))
+
+    def review_page(self, *, tenant: str | None, kind: str | None = None, error_type: str | None = None,
+                    since: float | None = None, limit: int = 50, cursor: str | None = None) -> ReviewPage:
+        """Jobs in review, newest failure first; ``tenant`` None reads every tenant's."""
+        index = tenant_review_index(tenant) if tenant is not None else DEADLETTER
+        max_score: float | str = "+inf"
+        after_id: str | None = None
+        if cursor:
+            max_score, after_id = decode_review_cursor(cursor)
+        min_score = repr(since) if since is not None else "-inf"
+        found: list[tuple[float, Job]] = []
+        stale: list[str] = []
+        offset, batch = 0, max(limit + 1, 50)
+        while len(found) <= limit:
+            rows = self.redis.zrevrangebyscore(index, max_score if isinstance(max_score, str) else repr(max_score),
+                                               min_score, start=offset, num=batch, withscores=True)
+            if not rows:
+                break
+            offset += len(rows)
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(job_key(job_id))
+            for (job_id, score), raw in zip(rows, pipe.execute()):
+                if after_id is not None and score == max_score and job_id >= after_id:
+                    continue
+                if not raw:
+                    stale.append(job_id)
+                    continue
+                job = decode_job(raw)
+                if (kind and job.kind != kind) or (error_type and (job.error is None or job.error.type != error_type)) \
+                        or (tenant is not None and job.tenant != tenant):
+                    continue
+                found.append((score, job))
+            if len(rows) < batch:
+                break
+        if stale:
+            self.redis.zrem(index, *stale)
+        page = found[:limit]
+        next_cursor = encode_review_cursor(page[-1][0], page[-1][1].id) if len(found) > limit else None
+        return ReviewPage(entries=[(score, job) for score, job in page], next_cursor=next_cursor)
+
+    def review_backlog(self, scan_limit: int = 100_000) -> dict[tuple[str, str], int]:
+        """(kind, error type) -> jobs in review, counted in Redis in one call."""
+        flat = self._script("review_counts", _REVIEW_COUNTS)(keys=[DEADLETTER], args=[job_key(""), scan_limit])
+        return {(flat[i], flat[i + 1]): int(flat[i + 2]) for i in range(0, len(flat), 3)}
+
+    def adopt_legacy_dead_letter(self) -> int:
+        """Move entries of the old dead-letter list into the review set (once, after an upgrade)."""
+        return int(self._script("adopt_legacy", _ADOPT_LEGACY)(
+            keys=[LEGACY_DEADLETTER, DEADLETTER], args=[job_key(""), _TENANT_PREFIX]))
 
 
 def _message_age_s(raw: str | None) -> float | None:

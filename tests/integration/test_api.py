@@ -208,7 +208,7 @@ def test_redis_down_is_503_within_one_second(data_dir, clip):
 
 
 def test_dead_letter_list_starts_empty(client, redis_client):
-    assert redis_client.llen(DEADLETTER) == 0
+    assert redis_client.zcard(DEADLETTER) == 0
 
 
 def test_listing_by_an_unknown_kind_is_422_naming_the_kinds(client):

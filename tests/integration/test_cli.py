@@ -278,3 +278,27 @@ def test_local_hands_its_options_to_the_local_runner(tmp_path):
     assert result.exit_code == 1, result.output
     assert f"port {port} is already in use" in result.output
     assert (tmp_path / "farm" / "inputs").is_dir()
+
+
+def test_review_list_requeue_with_new_params_dismiss_and_delete(farm, clip):
+    env, base = farm
+    worker = start_worker(env, pool="cpu")
+    try:
+        ids = []
+        for _ in range(2):
+            result = cli(base, "submit", "thumbnail", str(clip), "--params-json", '{"times": [50]}', "--wait")
+            assert result.exit_code == 1, result.output  # no frame at 50 s of a 1 s clip
+            ids.append(result.stdout.strip().splitlines()[0])
+        listed = json.loads(cli(base, "review", "list", "--error-type", "invalid_media", "--json").stdout)
+        assert {item["job"]["id"] for item in listed["items"]} == set(ids)
+        result = cli(base, "review", "requeue", ids[0], "--params-json", '{"times": [0.5]}')
+        assert result.exit_code == 0 and "queued" in result.output, result.output
+        wait_for(lambda: api_get(base, f"/v1/jobs/{ids[0]}")["status"] == "succeeded", 60, what="requeued job")
+        assert cli(base, "review", "dismiss", ids[1]).exit_code == 0
+        assert api_get(base, f"/v1/jobs/{ids[1]}")["status"] == "failed"
+        assert "nothing in review" in cli(base, "review", "list").output
+        assert cli(base, "delete", ids[0]).exit_code == 0
+        assert cli(base, "job", ids[0]).exit_code == 2  # 404
+        assert cli(base, "delete", ids[0]).exit_code == 2
+    finally:
+        worker.stop()

@@ -44,7 +44,7 @@ def test_farm_series_follow_redis(store, rf_settings_env, data_dir):
     assert before[("renderfarm_webhook_deliveries_total", (("result", "retry"),))] == 0
 
     store.redis.set(BEAT_HEARTBEAT, "1", ex=30)
-    store.redis.lpush(DEADLETTER, "job-a", "job-b")
+    store.redis.zadd(DEADLETTER, {"job-a": 1.0, "job-b": 2.0})
     record_webhook(store.redis, "retry")
     record_webhook(store.redis, "retry")
     after = _samples(store)

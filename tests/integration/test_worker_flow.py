@@ -19,7 +19,7 @@ from renderfarm.core.kinds import get_kind
 from renderfarm.core.queues import Priority
 from renderfarm.core.redis_conn import redis_client as make_redis
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import DEADLETTER, JobStore, events_channel
+from renderfarm.core.store import JobStore, events_channel
 from renderfarm.worker.beat import recover_orphans
 from tests.support.jobs import TERMINAL, submit, wait_status
 from tests.support.media import ffprobe, make_clip, stream
@@ -204,7 +204,7 @@ def test_poison_job_fails_for_good_into_dead_letter(store, rf_settings_env, work
     final = wait_status(store, job.id, TERMINAL, timeout=90)
     assert final.status == JobStatus.failed and final.error.type == "transient" and final.error.retryable is False
     assert final.attempts == 1 + get_kind("probe").retry.max_retries
-    assert store.redis.lrange(DEADLETTER, 0, -1) == [job.id]
+    assert store.dead_letter() == [job.id]
 
 
 def test_corrupt_media_fails_invalid_media_without_retry(store, rf_settings_env, workers, data_dir):
@@ -215,7 +215,7 @@ def test_corrupt_media_fails_invalid_media_without_retry(store, rf_settings_env,
     final = wait_status(store, job.id, TERMINAL)
     assert final.status == JobStatus.failed and final.error.type == "invalid_media"
     assert final.attempts == 1
-    assert job.id in store.redis.lrange(DEADLETTER, 0, -1)
+    assert job.id in store.dead_letter()
 
 
 def test_job_of_a_killed_worker_is_recovered(store, rf_settings_env, workers, long_clip):

@@ -14,7 +14,7 @@ from renderfarm.core.apikeys import ApiKeyRecord
 from renderfarm.core.kinds import KINDS
 from renderfarm.core.metrics_store import OUTCOMES, duration_key
 from renderfarm.core.queues import WorkloadClass, all_queues
-from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore, inflight_key
+from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, inflight_key
 
 router = APIRouter(prefix="/v1", tags=["farm"], responses=error_responses(401, 503))
 
@@ -63,7 +63,7 @@ def stats(key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> Stats
         jobs_by_status=store_.counts_by_status(),
         jobs_by_kind=store_.counts_by_kind(KINDS),
         outcomes=outcomes,
-        dead_letter=store_.redis.llen(DEADLETTER),
+        dead_letter=store_.dead_letter_size(),
         queues=queue_overview(store_),
     )
 

@@ -15,6 +15,7 @@ from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
+from renderfarm.core.job_outputs import delete_job_outputs
 from renderfarm.core.kinds import get_kind
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import (
@@ -228,3 +229,33 @@ async def job_events(
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --- delete ---------------------------------------------------------------------------
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its outputs (a queued one is cancelled first)",
+               response_class=Response, responses=error_responses(404, 409, 422))
+def delete_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store),
+               settings_: Settings = Depends(settings)) -> Response:
+    """A running job is 409: cancel it, wait for ``cancelled``, then delete. Afterwards
+    the job is 404 everywhere (a second delete too)."""
+    job = _get(store_, job_id, tenant)
+    if job.status in (JobStatus.queued, JobStatus.retrying):
+        try:
+            job = store_.transition(job_id, JobStatus.cancelled, fields={
+                "finished_at": datetime.now(timezone.utc), "stage": "cancelled", "message": "cancelled to be deleted",
+            })
+        except TransitionConflict:
+            job = _get(store_, job_id, tenant)  # it started meanwhile: the check below answers
+    if job.status not in TERMINAL_STATUSES:
+        raise ApiError(409, "conflict", f"job is {job.status.value}; cancel it and wait for it to end, then delete it")
+    # Outputs first: a failure here leaves the record, and the delete can be repeated.
+    delete_job_outputs(job, settings_.outputs_dir)
+    try:
+        store_.delete(job_id, tenant=tenant)
+    except JobNotFound:
+        raise _not_found(job_id) from None
+    except TransitionConflict as exc:
+        raise ApiError(409, "conflict", f"job is {exc.current}; it can be deleted once it has ended") from None
+    return Response(status_code=204)
