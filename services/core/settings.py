@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # Kubeconfig for /v1/pools outside a cluster; empty: the pod's ServiceAccount, else $KUBECONFIG.
     kubeconfig: str = ""
 
+    # Worker recycling (renderfarm.core.recycling): replace a pool process after this
+    # many jobs, or after a job leaves it above this resident memory (MB), or (GPU
+    # pools) after the GPU memory it holds grew by this much since warm-up (MB).
+    # Unset: the pool's default; 0: off.
+    max_tasks_per_child: int | None = Field(default=None, ge=0)
+    max_memory_per_child_mb: int | None = Field(default=None, ge=0)
+    max_gpu_memory_growth_mb: int | None = Field(default=None, ge=0)
+
     log_level: str = "INFO"
 
     @field_validator("allowed_input_roots", "api_keys", "api_key_hashes", mode="before")

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"renderfarm worker ({args.pool}): {exc}") from None
 
     app.steps["consumer"].add(RenderfarmStep)
+    from renderfarm.worker import recycling
+
+    recycling.configure(app, args.pool, get_settings())
     concurrency = args.concurrency
     if concurrency is None:
         concurrency = (os.cpu_count() or 1) if args.pool == WorkloadClass.cpu else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 
 from renderfarm.core import tracing
 
@@ -17,12 +17,26 @@ def _warm_up(**_kwargs) -> None:
     from renderfarm.core.settings import get_settings
     from renderfarm.worker.workloads import pool_module
 
+    from renderfarm.worker import recycling
+
     pool = os.environ.get("RF_POOL", "cpu")
     module = pool_module(pool)
     warm_up = getattr(module, "warm_up", None)
+    started = None
     if warm_up is not None:
-        warm_up(get_settings())
+        started = warm_up(get_settings())
         log.info("pool %s: warm-up started in process %s", pool, os.getpid())
+    # A process that replaces a recycled one takes no job before its model is warm.
+    recycling.warm_before_jobs(pool, started)
+    recycling.install_gpu_memory_check(pool, recycling.pool_limits(pool, get_settings()).max_gpu_memory_growth_mb)
+
+
+@worker_ready.connect
+def _pool_started(**_kwargs) -> None:
+    """Main process: the first pool processes are up; any forked from now on replaces one."""
+    from renderfarm.worker import recycling
+
+    recycling.mark_pool_started()
 
 
 # One span per run, in the trace the API's publish started (its traceparent header).

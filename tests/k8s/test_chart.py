@@ -137,6 +137,24 @@ def test_worker_grace_period_comes_from_values_and_exceeds_a_typical_job(helm, d
     assert grace["renderfarm-worker-cpu"] == 1800 and grace["renderfarm-worker-gpu-vision"] == 900
 
 
+
+def test_worker_recycling_limits_come_from_values_per_pool_and_default_to_the_pools_own(helm, default_docs):
+    def recycling_env(docs):
+        out = {}
+        for name, spec in _pod_specs(docs):
+            if "-worker-" in name:
+                env = {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+                out[name] = {k: v for k, v in env.items() if k.startswith("RF_MAX_")}
+        return out
+
+    assert all(env == {} for env in recycling_env(default_docs).values())  # unset: renderfarm.core.recycling decides
+    docs = render_docs(helm, "--set", "workers.pools.cpu.maxTasksPerChild=2", "--set", "workers.gpu.maxMemoryPerChildMB=0",
+                       "--set", "workers.pools.gpu-vision.maxGpuMemoryGrowthMB=512")
+    env = recycling_env(docs)
+    assert env["renderfarm-worker-cpu"] == {"RF_MAX_TASKS_PER_CHILD": "2"}
+    assert env["renderfarm-worker-gpu-transcribe"] == {"RF_MAX_MEMORY_PER_CHILD_MB": "0"}
+    assert env["renderfarm-worker-gpu-vision"] == {"RF_MAX_MEMORY_PER_CHILD_MB": "0", "RF_MAX_GPU_MEMORY_GROWTH_MB": "512"}
+
 def test_images_and_pull_policy_from_values(helm):
     docs = render_docs(helm, "--set", "images.api.repository=localhost/rf-api", "--set", "images.api.tag=abc123",
                        "--set", "images.worker.repository=localhost/rf-worker", "--set", "images.worker.tag=def456",

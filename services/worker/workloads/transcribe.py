@@ -16,6 +16,8 @@ JSON / SRT / VTT / TXT as asked.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import json
 import logging
 import os
@@ -202,9 +204,9 @@ def load_model(settings: Settings) -> WhisperHandle:
     return handle
 
 
-def warm_up(settings: Settings) -> None:
+def warm_up(settings: Settings) -> Future:
     """Start loading the model in this worker process; jobs wait for it if it is not ready yet."""
-    _slot.start(_model_key(settings), lambda: load_model(settings))
+    return _slot.start(_model_key(settings), lambda: load_model(settings))
 
 
 def model_for(settings: Settings) -> WhisperHandle:

@@ -18,6 +18,8 @@ optional contact sheet.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import json
 import logging
 import math
@@ -183,9 +185,9 @@ def _model_key(settings: Settings) -> str:
     return settings.vision_device.strip().lower()
 
 
-def warm_up(settings: Settings) -> None:
+def warm_up(settings: Settings) -> Future:
     """Start loading the model in this worker process; jobs wait for it if it is not ready yet."""
-    _slot.start(_model_key(settings), lambda: load_model(settings))
+    return _slot.start(_model_key(settings), lambda: load_model(settings))
 
 
 def model_for(settings: Settings) -> VisionHandle:
