@@ -37,16 +37,26 @@ def configure(app, pool: str, settings: Settings) -> RecyclingLimits:
     limits = pool_limits(pool, settings)
     app.conf.worker_max_tasks_per_child = limits.celery_max_tasks
     app.conf.worker_max_memory_per_child = limits.celery_max_memory_kb
-    log.info("pool %s: a pool process is replaced after %s jobs, above %s MB resident%s", pool,
-             limits.max_tasks_per_child or "unlimited", limits.max_memory_per_child_mb or "unlimited",
-             f", or after {limits.max_gpu_memory_growth_mb} MB GPU memory growth (when CUDA is present)"
-             if limits.max_gpu_memory_growth_mb else "")
+    _configured.append((pool, limits))
     return limits
 
 
+_configured: list[tuple[str, RecyclingLimits]] = []
+
+
+def describe(pool: str, limits: RecyclingLimits) -> str:
+    gpu = (f", or after {limits.max_gpu_memory_growth_mb} MB GPU memory growth (when CUDA is in use)"
+           if limits.max_gpu_memory_growth_mb else "")
+    return (f"pool {pool}: a pool process is replaced after {limits.max_tasks_per_child or 'unlimited'} jobs, "
+            f"or above {limits.max_memory_per_child_mb or 'unlimited'} MB resident after a job{gpu}")
+
+
 def mark_pool_started() -> None:
+    """Main process, logging set up: say which limits apply, and mark later forks as replacements."""
     global _pool_started
     _pool_started = True
+    for pool, limits in _configured:
+        log.info("%s", describe(pool, limits))
 
 
 def is_replacement() -> bool:

@@ -4,6 +4,7 @@ real worker processes running real ffmpeg."""
 from __future__ import annotations
 
 import signal
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
 from renderfarm.core.queues import Priority
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import DEADLETTER, JobStore, job_key, tenant_review_index
+from renderfarm.core.store import DEADLETTER, LEGACY_DEADLETTER, JobStore, job_key, tenant_review_index
 from renderfarm.core.submit import job_message, new_job
 from tests.support.jobs import TERMINAL, wait_status
 from tests.support.media import make_clip
@@ -178,6 +179,10 @@ def test_review_shows_a_poison_job_requeue_with_corrected_params_succeeds_and_di
     first = client.get("/v1/review", params={"limit": 1}, headers=keys["a"]).json()
     second = client.get("/v1/review", params={"limit": 1, "cursor": first["next_cursor"]}, headers=keys["a"]).json()
     assert {first["items"][0]["job"]["id"], second["items"][0]["job"]["id"]} == {poison["id"], other["id"]}
+    entered = min(datetime.fromisoformat(item["in_review_since"]) for item in page["items"])
+    assert len(client.get("/v1/review", params={"since": entered.isoformat()}, headers=keys["a"]).json()["items"]) >= 1
+    later = (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()
+    assert client.get("/v1/review", params={"since": later}, headers=keys["a"]).json()["items"] == []
 
     bad = client.post(f"/v1/review/{poison['id']}/requeue", json={"params": {"times": "soon"}}, headers=keys["a"])
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"].startswith("params")
@@ -256,3 +261,17 @@ def test_review_backlog_metric_by_kind_and_error_type(client, store, keys, worke
     assert 'renderfarm_review_backlog{error_type="invalid_media",kind="thumbnail"} 2.0' in text
     assert 'renderfarm_review_backlog{error_type="invalid_input",kind="probe"} 1.0' in text
     assert "renderfarm_dead_letter_size 3.0" in text
+
+
+def test_an_old_dead_letter_list_is_adopted_into_review(client, store, keys, workers, rf_settings_env, clip):
+    workers.append(start_worker(rf_settings_env))
+    job = post_job(client, keys["a"], thumbnail_beyond_end(clip))
+    assert wait_status(store, job["id"], TERMINAL).status == JobStatus.failed
+    # As a farm from before review kept it: a plain list, and nothing in the sets.
+    store.redis.delete(DEADLETTER, tenant_review_index("team-a"))
+    store.redis.lpush(LEGACY_DEADLETTER, job["id"], "expired-long-ago")
+    assert client.get("/v1/review", headers=keys["a"]).json()["items"] == []
+    assert store.purge_expired_index_entries() >= 0  # beat's maintenance pass
+    assert not store.redis.exists(LEGACY_DEADLETTER)
+    [item] = client.get("/v1/review", headers=keys["a"]).json()["items"]
+    assert item["job"]["id"] == job["id"] and store.dead_letter() == [job["id"]]

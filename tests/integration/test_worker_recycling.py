@@ -64,6 +64,7 @@ def test_max_tasks_per_child_replaces_a_pool_process_after_two_jobs_and_loses_no
     assert pids[0] == pids[1] and pids[2] == pids[3] and pids[1] != pids[2], pids
     assert len(set(burst_pids + pids)) == 5
     assert "replacement process" in worker.log() and "is up (no model to warm)" in worker.log()
+    assert "pool cpu: a pool process is replaced after 2 jobs, or above 1024 MB resident after a job" in worker.log()
 
 
 def test_without_a_task_limit_the_same_process_runs_every_job(store, rf_settings_env, workers, clip):
