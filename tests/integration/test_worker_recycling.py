@@ -5,7 +5,9 @@ process id comes first: renderfarm.core.store.new_attempt_token)."""
 
 from __future__ import annotations
 
+import re
 import signal
+from datetime import datetime
 
 import pytest
 
@@ -112,4 +114,9 @@ def test_a_replacement_gpu_pool_process_warms_its_model_before_it_takes_a_job(st
     log = worker.log()
     # The second job's process came up only after its model was warm, and said so.
     assert f"replacement process {pids[1]} warmed its model in" in log, log[-3000:]
+    # The replacement's model was loaded (its second "loaded" line) before the job was claimed.
+    stamps = re.findall(r"^\[([\d-]+ [\d:,]+): INFO/[^\]]*\] whisper model .* loaded on", log, re.M)
+    assert len(stamps) == 2, log[-3000:]
+    loaded_at = datetime.strptime(stamps[1], "%Y-%m-%d %H:%M:%S,%f").astimezone()  # the log's local time
+    assert loaded_at <= final.started_at, (loaded_at, final.started_at)
     assert f"replacement process {pids[0]}" not in log
