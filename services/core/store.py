@@ -715,6 +715,16 @@ end
 return flat
 """
 
+# A webhook write on a job record that may have been deleted meanwhile: never recreate it.
+# KEYS: job, webhooks  ARGV: 1 id, 2 field, 3 value ('' = count one more attempt), 4 done (1: out of the due set)
+_HSET_IF_EXISTS = """
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[3] == '' then return redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
 # The old dead-letter list becomes the review set (scored by when each job finished).
 # KEYS: old list, review  ARGV: job key prefix, tenant prefix
 _ADOPT_LEGACY = """
@@ -899,14 +909,14 @@ class JobStore:
         return claimed
 
     def count_webhook_attempt(self, job_id: str) -> int:
-        return int(self.redis.hincrby(job_key(job_id), "webhook_attempts", 1))
+        # Only on a record that still exists: a job deleted mid-delivery stays deleted.
+        return int(self._script("webhook_field", _HSET_IF_EXISTS)(
+            keys=[job_key(job_id), WEBHOOKS], args=[job_id, "webhook_attempts", "", "0"]))
 
     def webhook_done(self, job_id: str, outcome: str) -> None:
         """No more attempts: ``outcome`` ("delivered", or why it was given up) goes on the job."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(WEBHOOKS, job_id)
-        pipe.hset(job_key(job_id), "webhook_delivery", outcome)
-        pipe.execute()
+        self._script("webhook_field", _HSET_IF_EXISTS)(
+            keys=[job_key(job_id), WEBHOOKS], args=[job_id, "webhook_delivery", outcome, "1"])
 
     def webhook_retry_at(self, job_id: str, when: float) -> None:
         self.redis.zadd(WEBHOOKS, {job_id: when})

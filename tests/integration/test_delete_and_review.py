@@ -275,3 +275,13 @@ def test_an_old_dead_letter_list_is_adopted_into_review(client, store, keys, wor
     assert not store.redis.exists(LEGACY_DEADLETTER)
     [item] = client.get("/v1/review", headers=keys["a"]).json()["items"]
     assert item["job"]["id"] == job["id"] and store.dead_letter() == [job["id"]]
+
+
+def test_a_webhook_delivery_in_flight_never_brings_a_deleted_job_back(client, store, keys, clip):
+    job = post_job(client, keys["a"], {"kind": "probe", "input": clip.as_uri()})
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=keys["a"]).status_code == 204
+    # What beat's sender writes when it claimed the delivery just before the delete.
+    assert store.count_webhook_attempt(job["id"]) == 0
+    store.webhook_done(job["id"], "delivered")
+    assert not store.redis.exists(job_key(job["id"]))
+    assert client.get(f"/v1/jobs/{job['id']}", headers=keys["a"]).status_code == 404
