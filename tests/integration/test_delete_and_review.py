@@ -4,6 +4,7 @@ real worker processes running real ffmpeg."""
 from __future__ import annotations
 
 import signal
+import threading
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -16,7 +17,8 @@ from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
 from renderfarm.core.queues import Priority
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import DEADLETTER, LEGACY_DEADLETTER, JobStore, job_key, tenant_review_index
+from renderfarm.core.messages import message_task_id
+from renderfarm.core.store import DEADLETTER, LEGACY_DEADLETTER, JobStore, job_key, status_index, tenant_review_index
 from renderfarm.core.submit import job_message, new_job
 from tests.support.jobs import TERMINAL, wait_status
 from tests.support.media import make_clip
@@ -285,3 +287,43 @@ def test_a_webhook_delivery_in_flight_never_brings_a_deleted_job_back(client, st
     store.webhook_done(job["id"], "delivered")
     assert not store.redis.exists(job_key(job["id"]))
     assert client.get(f"/v1/jobs/{job['id']}", headers=keys["a"]).status_code == 404
+
+
+def fail_for_good(store: JobStore, job_id: str, error_type: str = "transient") -> None:
+    """A run that claims the job and fails it for good, through the store as a worker's run does."""
+    claim = store.claim(job_id, "cpu@test", max_attempts=3, lease_s=30)
+    assert claim.outcome == "run"
+    store.transition(job_id, JobStatus.failed, token=claim.token, dead_letter=True,
+                     fields={"error": {"type": error_type, "message": "upstream down", "retryable": False}})
+
+
+def test_an_api_killed_in_the_middle_of_a_bulk_requeue_loses_no_review_entry(rf_settings_env, store, keys, clip):
+    count = 1000
+    ids = [submit_as(store, "team-a", "probe", clip.as_uri()).id for _ in range(count)]
+    store.redis.delete("cpu.normal")  # the messages a worker took
+    for job_id in ids:
+        fail_for_good(store, job_id)
+    assert store.redis.zcard(DEADLETTER) == count
+    proc, base = start_api(rf_settings_env)
+    try:
+        def bulk_requeue():
+            try:
+                httpx.post(f"{base}/v1/review:requeue", headers=keys["a"], json={"error_type": "transient"}, timeout=30)
+            except httpx.HTTPError:
+                pass  # the API dies under it: that is the point
+
+        request = threading.Thread(target=bulk_requeue, daemon=True)
+        request.start()
+        wait_for(lambda: store.redis.llen("cpu.normal") > 0, 30, interval=0.001, what="the bulk requeue to start")
+        proc.kill()
+    finally:
+        proc.stop()
+    queued = set(store.redis.zrange(status_index(JobStatus.queued), 0, -1))
+    in_review = set(store.redis.zrange(DEADLETTER, 0, -1))
+    assert queued and in_review, "the kill did not fall in the middle of the bulk action"
+    print(f"\nkilled mid-bulk: {len(queued)} requeued, {len(in_review)} still in review")
+    assert queued | in_review == set(ids) and not queued & in_review  # each job in exactly one place
+    messages = [message_task_id(raw) for raw in store.redis.lrange("cpu.normal", 0, -1)]
+    assert sorted(messages) == sorted(queued)  # every requeued job has its message, once
+    for job_id in in_review:
+        assert store.get(job_id).status == JobStatus.failed
