@@ -227,6 +227,7 @@ class StepState(BaseModel):
     job_id: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)  # name -> URI, once succeeded
     previous_jobs: list[str] = Field(default_factory=list)  # jobs of earlier runs (before a retry)
+    error: str | None = None  # why it failed without a job (a reference that did not resolve)
 
 
 class Flow(BaseModel):
@@ -334,6 +335,20 @@ def on_job_end(flow: Flow, job_id: str, job_status: JobStatus, outputs: dict[str
     if job_status == JobStatus.succeeded and step.kind == CHUNK_SPLIT:
         flow = expand_chunks(flow, name, (metadata or {}).get("chunks") or [])
     flow, to_cancel = _settle(flow)
+    return Advance(flow=flow, start=ready_steps(flow), cancel_jobs=to_cancel, changed=True)
+
+
+def mark_started(flow: Flow, name: str, job_id: str) -> Flow:
+    steps = dict(flow.steps)
+    steps[name] = steps[name].model_copy(update={"status": StepStatus.started, "job_id": job_id, "error": None})
+    return flow.model_copy(update={"steps": steps})
+
+
+def fail_step(flow: Flow, name: str, message: str) -> Advance:
+    """A ready step that cannot start (its input did not resolve) fails without a job."""
+    steps = dict(flow.steps)
+    steps[name] = steps[name].model_copy(update={"status": StepStatus.failed, "error": message})
+    flow, to_cancel = _settle(flow.model_copy(update={"steps": steps}))
     return Advance(flow=flow, start=ready_steps(flow), cancel_jobs=to_cancel, changed=True)
 
 
