@@ -528,3 +528,10 @@ def local(
                        prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
     if isinstance(result, int) and result:
         raise typer.Exit(result)
+
+
+# -- workflows (their commands live in cli/workflow.py) ----------------------------
+
+from renderfarm.cli.workflow import workflow_app  # noqa: E402  (registered after the shared helpers above)
+
+app.add_typer(workflow_app, name="workflow")
