@@ -6,11 +6,11 @@ never starts twice when the worker of the step before it dies as that step ends.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
 
-import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +19,7 @@ from renderfarm.core.jobs import JobStatus
 from renderfarm.core.messages import message_task_id
 from renderfarm.core.redis_conn import redis_client as make_redis
 from renderfarm.core.settings import Settings
-from renderfarm.core.store import WORKFLOW_DUE, JobStore, events_channel, kind_index
+from renderfarm.core.store import WORKFLOW_DUE, JobStore, events_channel, kind_index, token_pid
 from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.core.workflows import WorkflowSpec
 from tests.support.jobs import ffmpeg_processes, start_beat
@@ -173,20 +173,16 @@ def test_a_failed_step_retried_after_the_fix_reruns_only_it_and_its_dependants(a
     assert store.redis.zcard(kind_index("transcode")) == store.redis.zcard(kind_index("thumbnail")) == 1
 
 
-def _pool_children(worker: ServiceProcess) -> list[psutil.Process]:
-    try:
-        return psutil.Process(worker.proc.pid).children(recursive=False)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def test_a_step_never_starts_twice_when_the_worker_of_the_step_before_dies_as_it_ends(
-        api, rf_settings_env, procs, clip, store, redis_server):
-    """SIGKILL of the pool process the moment its step's job is succeeded (the event
-    of that transition): wherever it dies (before or after it advanced the workflow),
-    beat advances what is left and the next step's job exists once and runs once."""
-    worker = start_worker(rf_settings_env)
-    procs.append(worker)
+        api, rf_settings_env, procs, clip, store, redis_server, data_dir):
+    """SIGKILL of the pool process that ran a step, the moment that step's job is
+    succeeded (the event of that very transition): wherever it dies (before or after it
+    advanced the workflow), the next step's job exists once, and it runs once - or
+    twice only when its first run was on the process this test killed (the ledger
+    of runs tells which)."""
+    ledger = data_dir / "runs.ledger"
+    env = dict(rf_settings_env, RF_RUN_LEDGER=str(ledger))
+    procs.append(start_worker(env))
     procs.append(start_beat(rf_settings_env))
     for round_ in range(3):
         flow = submit(api, {"input": clip.as_uri(), "steps": [
@@ -195,31 +191,34 @@ def test_a_step_never_starts_twice_when_the_worker_of_the_step_before_dies_as_it
              "input": {"from": "transcode", "output": "120p.mp4"}, "params": {"count": 1}},
         ]})
         first = steps_of(flow)["transcode"]["job_id"]
-        killed = threading.Event()
+        killed: list[int] = []
         listener = redis_server.client().pubsub()
         listener.subscribe(events_channel(first))
 
         def kill_on_success():
             for message in listener.listen():
                 if message["type"] == "message" and json.loads(message["data"])["status"] == "succeeded":
-                    for child in _pool_children(worker):
-                        child.send_signal(signal.SIGKILL)
-                    killed.set()
+                    pid = token_pid(store.run_state(first).last_token)
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                     return
 
         thread = threading.Thread(target=kill_on_success, daemon=True)
         thread.start()
         done = wait_done(api, flow["id"], 120)
+        thread.join(5)
         listener.close()
-        assert killed.is_set(), f"round {round_}: the step's end was not seen"
+        assert killed, f"round {round_}: the step's end was not seen"
         steps = steps_of(done)
         assert done["status"] == "succeeded", steps
         thumbs = job(api, steps["thumbs"]["job_id"])
-        assert thumbs["attempts"] == 1 and thumbs["status"] == "succeeded"
-        assert steps["thumbs"]["previous_jobs"] == []
+        assert thumbs["status"] == "succeeded" and steps["thumbs"]["previous_jobs"] == []
         assert store.redis.zcard(kind_index("thumbnail")) == round_ + 1  # one thumbnail job per workflow
+        starts = [line.split()[2] for line in ledger.read_text().splitlines()
+                  if line.split()[1] == thumbs["id"] and line.split()[3] == "start"]
+        on_killed = [token for token in starts if token_pid(token) == killed[0]]
+        assert len(starts) - len(on_killed) == 1 and thumbs["attempts"] == len(starts), (starts, killed)
         assert store.redis.zcard(WORKFLOW_DUE) == 0
-        wait_for(lambda: len(_pool_children(worker)) >= 1, 30, what="the pool to replace its process")
 
 
 def _ended_without_advance(store, workflows, spec):

@@ -45,3 +45,12 @@ def test_template_params_are_checked_like_kind_params():
         get_template("video-analysis").build("file:///in.mp4", {"bogus": 1})
     with pytest.raises(KeyError):
         get_template("nope")
+
+
+def test_the_readme_lists_exactly_the_registered_templates():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| template | steps |", 1)[1].split("\n\n", 1)[0]
+    listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert listed == set(TEMPLATES)
