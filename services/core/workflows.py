@@ -53,6 +53,8 @@ class StepSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Priority | None = Field(default=None, description="omitted: the workflow's priority")
     needs: list[str] = Field(default_factory=list, max_length=MAX_STEPS)
+    each_chunk: dict[str, Any] | None = Field(default=None, description=f"on a {CHUNK_SPLIT} step: the params of "
+                                              f"the {CHUNK_ENCODE} step made for each chunk")
 
 
 class WorkflowSpec(BaseModel):
@@ -159,12 +161,21 @@ def validate_spec(spec: WorkflowSpec, kinds: dict[str, JobKind] | None = None) -
     for i, step in enumerate(spec.steps):
         kind = kinds[step.kind]
         try:
-            params = kind.params_model.model_validate(_with_placeholders(step.params))
+            kind.params_model.model_validate(_with_placeholders(_submitted_params(spec, step)))
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ".".join(str(part) for part in err.get("loc", ()))
                 error(f"steps.{i}.params" + (f".{loc}" if loc else ""), err.get("msg", "invalid"))
-            params = None
+        if step.each_chunk is not None:
+            if step.kind != CHUNK_SPLIT:
+                error(f"steps.{i}.each_chunk", f"only a {CHUNK_SPLIT} step fans out into chunks")
+            elif CHUNK_ENCODE in kinds:
+                try:
+                    kinds[CHUNK_ENCODE].params_model.model_validate(step.each_chunk)
+                except ValidationError as exc:
+                    for err in exc.errors():
+                        loc = ".".join(str(part) for part in err.get("loc", ()))
+                        error(f"steps.{i}.each_chunk" + (f".{loc}" if loc else ""), err.get("msg", "invalid"))
         for field, ref in step_refs(step):
             source = ref.from_
             if source not in names:
@@ -182,8 +193,16 @@ def validate_spec(spec: WorkflowSpec, kinds: dict[str, JobKind] | None = None) -
             elif known is not None and ref.output not in known:
                 error(f"steps.{i}.{field}.output", f"step {source!r} ({producer.kind}) writes no output "
                                                    f"{ref.output!r}; it writes: {', '.join(sorted(known)) or 'none'}")
-        del params
     return errors
+
+
+def _submitted_params(spec: WorkflowSpec, step: StepSpec) -> dict[str, Any]:
+    """A step's params as its job will get them: a concat after a split gets its
+    ``chunks`` when the split has run (a placeholder stands in for them until then)."""
+    if step.kind == CHUNK_CONCAT and "chunks" not in step.params and any(
+            spec.step(need).kind == CHUNK_SPLIT for need in step.needs):
+        return dict(step.params) | {"chunks": [PLACEHOLDER_URI]}
+    return step.params
 
 
 def _outputs_of(step: StepSpec, kinds: dict[str, JobKind]) -> frozenset[str] | None:
@@ -429,10 +448,10 @@ def expand_chunks(flow: Flow, split: str, chunks: list[dict[str, Any]]) -> Flow:
     so the longest work starts first), each feeding every ``chunk_concat`` step that
     needs the split: its ``chunks`` param becomes the encoded chunks in index order.
 
-    An encode step's params are those of the split's ``encode`` param, if any. Steps
+    An encode step's params are the split step's ``each_chunk``. Steps
     already expanded (a retried workflow) are kept, so resume re-encodes only what is missing."""
     split_step = flow.spec.step(split)
-    encode_params = split_step.params.get("encode") if isinstance(split_step.params.get("encode"), dict) else {}
+    encode_params = split_step.each_chunk or {}
     ordered = sorted(chunks, key=lambda c: (-(float(c.get("end_s", 0)) - float(c.get("start_s", 0))),
                                             int(c.get("index", 0))))
     existing = {step.name for step in flow.spec.steps}

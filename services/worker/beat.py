@@ -138,13 +138,14 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
     last_slow = 0.0
     last_lost_check = 0.0
     suspects: set[str] = set()
+    workflows = WorkflowStore(store)
     while not stop.is_set():
         started = time.monotonic()
         try:
             store.redis.set(BEAT_HEARTBEAT, repr(time.time()), ex=max(5, int(settings.maintenance_interval_s * 3)))
             store.promote_due_retries()
             # Workflow steps whose job ended over a second ago and whose worker did not advance them.
-            WorkflowStore(store).advance_due(time.time() - 1.0)
+            workflows.advance_due(time.time() - 1.0)
             if started - last_slow >= 5:
                 last_slow = started
                 recover_orphans(store, settings)

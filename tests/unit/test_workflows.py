@@ -211,7 +211,7 @@ def test_progress_counts_finished_steps_whole_and_started_ones_by_their_job():
 
 def chunked(kinds_spec=None) -> WorkflowSpec:
     return WorkflowSpec.model_validate({"input": CLIP, "steps": [
-        {"name": "split", "kind": "chunk_split", "params": {"encode": {"crf": 23}}},
+        {"name": "split", "kind": "chunk_split", "each_chunk": {"crf": 23}},
         {"name": "concat", "kind": "chunk_concat", "needs": ["split"]},
     ]})
 
@@ -252,3 +252,39 @@ def test_a_retried_split_keeps_the_chunks_already_encoded():
 def test_a_job_that_has_not_ended_changes_nothing(status):
     flow = started(Flow.new(diamond()), ["probe"])
     assert not on_job_end(flow, "job-probe", status, {}).changed
+
+
+def test_each_chunk_belongs_on_a_split_step_only():
+    errors = validate_spec(spec([{"name": "a", "kind": "probe", "each_chunk": {"crf": 20}}]))
+    assert fields(errors) == {"steps.0.each_chunk"}
+
+
+def test_a_chunked_dag_validates_against_the_chunk_kinds_params():
+    """The chunk kinds come with the media kinds; stand-in registry entries with the
+    contract's params shape (concat: chunks = URIs) check the validation here."""
+    from pydantic import BaseModel, ConfigDict
+
+    from renderfarm.core.kinds import KINDS, JobKind
+    from renderfarm.core.queues import WorkloadClass
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class Split(Strict):
+        seconds: float = 10
+
+    class Encode(Strict):
+        crf: int = 23
+
+    class Concat(Strict):
+        chunks: list[str]
+
+    kinds = dict(KINDS) | {name: JobKind(name, WorkloadClass.cpu, model, "", 60, 90) for name, model in
+                           (("chunk_split", Split), ("chunk_encode", Encode), ("chunk_concat", Concat))}
+    assert validate_spec(chunked(), kinds) == []  # the concat's chunks come from the split
+    bad = WorkflowSpec.model_validate({"input": CLIP, "steps": [
+        {"name": "split", "kind": "chunk_split", "each_chunk": {"crf": "high"}},
+        {"name": "concat", "kind": "chunk_concat", "needs": ["split"]}]})
+    assert fields(validate_spec(bad, kinds)) == {"steps.0.each_chunk.crf"}
+    alone = WorkflowSpec.model_validate({"input": CLIP, "steps": [{"name": "concat", "kind": "chunk_concat"}]})
+    assert fields(validate_spec(alone, kinds)) == {"steps.0.params.chunks"}
