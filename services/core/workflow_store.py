@@ -335,8 +335,9 @@ class WorkflowStore:
                extra: dict[str, str] | None = None, idem: str = "", idem_value: str = "", due: str = "") -> None:
         flow, jobs = self._start(workflow_id, tenant, advance)
         status = wf.status_of(flow)
-        fields = dict(extra or {}) | {"flow": flow.model_dump_json(by_alias=True), "status": status.value,
-                                      "updated_at": repr(now)}
+        # Unset fields stay out of the stored flow: a process of the version before reads it too.
+        stored = flow.model_dump_json(by_alias=True, exclude_none=True)
+        fields = dict(extra or {}) | {"flow": stored, "status": status.value, "updated_at": repr(now)}
         keys = [workflow_key(workflow_id), WORKFLOW_DUE, events_channel(workflow_id), INDEX_ALL,
                 tenant_index(tenant), idem]
         job_args: list[str] = []
