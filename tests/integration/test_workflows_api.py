@@ -150,6 +150,9 @@ def test_cancel_a_queued_workflow_then_retry_it(client, clip, redis_client):
     assert steps["transcode"]["previous_jobs"] == [flow["steps"][0]["job_id"]]
     assert steps["transcode"]["job_status"] == "queued" and steps["thumbs"]["status"] == "pending"
     assert client.post(f"/v1/workflows/{flow['id']}/retry", headers=AUTH).status_code == 409
+    # A step's job is retried through its workflow, never on its own (the workflow would not see that run).
+    step_job = client.post(f"/v1/jobs/{flow['steps'][0]['job_id']}/retry", headers=AUTH)
+    assert step_job.status_code == 409 and step_job.json()["error"]["details"]["workflow_id"] == flow["id"]
 
 
 def test_templates_are_listed_with_their_params_schema(client):
