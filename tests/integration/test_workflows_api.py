@@ -172,3 +172,20 @@ def test_a_finished_workflows_events_stream_sends_its_state_and_ends(client, cli
         text = "".join(response.iter_text())
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     assert events[-1]["id"] == flow["id"] and events[-1]["status"] == "cancelled"
+
+
+def test_a_running_workflows_stream_resumes_after_the_version_already_seen(client, clip, settings):
+    """Reconnecting with the Last-Event-ID of the current version sends no repeat of it
+    (the stream's lifetime is short here, so it ends on its own)."""
+    settings.sse_max_lifetime_s = 1.0
+    flow = client.post("/v1/workflows", headers=AUTH, json=dag(clip)).json()
+
+    def events(headers):
+        with client.stream("GET", f"/v1/workflows/{flow['id']}/events", headers=AUTH | headers) as response:
+            text = "".join(response.iter_text())
+        return [line[4:] for line in text.splitlines() if line.startswith("id: ")]
+
+    first = events({})
+    assert len(first) == 1
+    assert events({"Last-Event-ID": first[0]}) == []
+    assert events({"Last-Event-ID": "something-older"}) == first

@@ -206,11 +206,18 @@ def retry_workflow(workflow_id: str, request: Request, tenant: str = Tenant) -> 
 @router.get("/{workflow_id}/events", summary="The workflow and its steps' progress as Server-Sent Events",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}} | error_responses(404, 422))
-async def workflow_events(workflow_id: str, request: Request, tenant: str = Tenant) -> StreamingResponse:
+async def workflow_events(
+    workflow_id: str,
+    request: Request,
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID", max_length=128),
+    tenant: str = Tenant,
+) -> StreamingResponse:
     """``workflow`` events carry the whole workflow (on every change: a step started or
-    ended), ``progress`` events a step job's progress with its ``step``. The stream ends
-    after the workflow ends or after ``RF_SSE_MAX_LIFETIME_S``; a new stream starts
-    with the current state."""
+    ended) with an ``id`` naming that version, ``progress`` events a step job's progress
+    with its ``step``. The stream ends after the workflow ends or after
+    ``RF_SSE_MAX_LIFETIME_S``; reconnect with ``Last-Event-ID``: the stream starts with
+    the current workflow unless that is the version already seen (a finished workflow's
+    state is always sent)."""
     store = _workflows(request)
     settings: Settings = request.app.state.settings
     await asyncio.to_thread(_get, store, workflow_id, tenant)
@@ -235,10 +242,12 @@ async def workflow_events(workflow_id: str, request: Request, tenant: str = Tena
                         if channel and channel not in watched:
                             watched[channel] = state_name
                             await pubsub.subscribe(channel)
-                    yield sse.event("workflow", current.model_dump_json(),
-                                    f"{record.id}-{record.version}")
-                    last_sent = loop.time()
-                    if record.status in wf.TERMINAL_WORKFLOW:
+                    event_id = f"{record.id}-{record.version}"
+                    terminal = record.status in wf.TERMINAL_WORKFLOW
+                    if terminal or event_id != last_event_id:
+                        yield sse.event("workflow", current.model_dump_json(), event_id)
+                        last_sent = loop.time()
+                    if terminal:
                         return
                     changed = False
                 if await request.is_disconnected():
