@@ -5,7 +5,8 @@ Key layout (all under ``rf:``; the job keys stay the job store's):
 - ``rf:workflow:<id>``            hash: id, tenant, template, status, version, created_at,
   updated_at, labels (JSON), flow (JSON: the expanded spec and the step table), body_hash
 - ``rf:workflows:all``            zset: every workflow by creation time (µs)
-- ``rf:tenant:<t>:workflows``     zset: one tenant's workflows, same score
+- ``rf:workflows:tenant:<t>``     zset: one tenant's workflows, same score (not under
+  ``rf:tenant:``: the job store's expiry pass reads every index there as job ids)
 - ``rf:wfidem:<tenant>:<key>``    string: "<workflow id> <body hash>" for Idempotency-Key
 - ``rf:wfevents:<id>``            pub/sub channel: the workflow changed (its steps' jobs
   publish their own progress on their job channels)
@@ -54,7 +55,7 @@ from renderfarm.core.submit import job_message, new_job
 
 PREFIX = "rf:"
 INDEX_ALL = f"{PREFIX}workflows:all"
-_TENANT_PREFIX = f"{PREFIX}tenant:"
+_TENANT_PREFIX = f"{PREFIX}workflows:tenant:"
 MAX_APPLY_TRIES = 50
 
 
@@ -63,7 +64,7 @@ def workflow_key(workflow_id: str) -> str:
 
 
 def tenant_index(tenant: str) -> str:
-    return f"{_TENANT_PREFIX}{tenant}:workflows"
+    return f"{_TENANT_PREFIX}{tenant}"
 
 
 def idempotency_redis_key(tenant: str, key: str) -> str:
