@@ -298,10 +298,6 @@ class WorkflowStore:
         if not self._change(workflow_id, wf.on_cancel):
             raise WorkflowConflict(f"workflow {workflow_id} is {self.get(workflow_id).status}; "
                                    "only a running workflow can be cancelled")
-        # The jobs just cancelled ended: advance now rather than on beat's next pass.
-        for state in self.get(workflow_id).flow.steps.values():
-            if state.status == wf.StepStatus.started and state.job_id:
-                self.advance(state.job_id)
         return self.get(workflow_id)
 
     def retry(self, workflow_id: str) -> WorkflowRecord:
@@ -329,6 +325,11 @@ class WorkflowStore:
                 self._write(workflow_id, record.tenant, str(record.version), advance, now=time.time(), due=due)
             except _Lost:
                 continue
+            # Stop what the change cancelled (fail_fast, a cancel), and record those ends
+            # now rather than on beat's next pass.
+            for job_id in advance.cancel_jobs:
+                if cancel_job(self.store, job_id, "cancelled with its workflow") is not None:
+                    self.advance(job_id)
             return True
         raise RuntimeError(f"workflow {workflow_id}: gave up after {MAX_APPLY_TRIES} concurrent changes")
 
@@ -356,8 +357,6 @@ class WorkflowStore:
             raise _Exists(reply[1])
         if reply[0] == "conflict":
             raise _Lost(workflow_id)
-        for job_id in advance.cancel_jobs:
-            cancel_job(self.store, job_id, "cancelled with its workflow")
 
     def _start(self, workflow_id: str, tenant: str, advance: wf.Advance
                ) -> tuple[wf.Flow, list[tuple[list[str], list[str]]]]:

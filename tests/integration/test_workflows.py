@@ -173,6 +173,31 @@ def test_a_failed_step_retried_after_the_fix_reruns_only_it_and_its_dependants(a
     assert store.redis.zcard(kind_index("transcode")) == store.redis.zcard(kind_index("thumbnail")) == 1
 
 
+def test_fail_fast_stops_the_running_branch_when_another_step_fails(api, rf_settings_env, procs, data_dir, store):
+    long_clip = make_clip(data_dir / "inputs" / "long.mp4", duration=40, width=640, height=360)
+    broken = data_dir / "inputs" / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    worker = start_worker(rf_settings_env, concurrency=2)
+    procs.append(worker)
+    flow = submit(api, {"input": long_clip.as_uri(), "steps": [  # fail_fast: the default for a DAG
+        {"name": "transcode", "kind": "transcode", "params": {"renditions": [{"height": 360, "preset": "medium"}]}},
+        {"name": "thumbs", "kind": "thumbnail", "needs": ["transcode"],
+         "input": {"from": "transcode", "output": "360p.mp4"}},
+        {"name": "gate", "kind": "extract_audio", "needs": ["check"]},
+        {"name": "check", "kind": "probe", "input": broken.as_uri()},
+    ]})
+    running_id = steps_of(flow)["transcode"]["job_id"]
+    wait_for(lambda: job(api, running_id)["status"] == "running", 60, what="the long step to run")
+    done = wait_done(api, flow["id"], 60)
+    steps = steps_of(done)
+    assert done["status"] == "failed"
+    assert steps["check"]["status"] == "failed" and steps["transcode"]["status"] == "cancelled"
+    assert steps["thumbs"]["status"] == steps["gate"]["status"] == "skipped"
+    assert job(api, running_id)["status"] == "cancelled"
+    wait_for(lambda: not ffmpeg_processes(worker), 30, what="the cancelled step's ffmpeg to stop")
+    assert store.redis.zcard(kind_index("thumbnail")) == store.redis.zcard(kind_index("extract_audio")) == 0
+
+
 def test_a_step_never_starts_twice_when_the_worker_of_the_step_before_dies_as_it_ends(
         api, rf_settings_env, procs, clip, store, redis_server, data_dir):
     """SIGKILL of the pool process that ran a step, the moment that step's job is
