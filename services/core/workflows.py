@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from graphlib import CycleError, TopologicalSorter
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -492,5 +492,3 @@ def progress(flow: Flow, job_progress: Callable[[str], float]) -> float:
             total += max(0.0, min(100.0, job_progress(state.job_id)))
     return round(total / len(flow.steps), 2)
 
-
-WorkflowStatusName = Literal["running", "succeeded", "failed", "cancelled"]
