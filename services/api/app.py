@@ -13,10 +13,11 @@ from renderfarm import __version__
 from renderfarm.api.auth import KeyRing
 from renderfarm.api.errors import error_body, error_responses, install_error_handlers
 from renderfarm.api.metrics import ApiMetrics
-from renderfarm.api.routers import farm, jobs, pools, queues, review
+from renderfarm.api.routers import farm, jobs, pools, queues, review, workflows
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import JobStore
+from renderfarm.core.workflow_store import WorkflowStore
 
 
 class LatencyMiddleware:
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.workflows = WorkflowStore(store)
     app.state.keyring = KeyRing(settings, client)
     app.state.metrics = ApiMetrics(store)
     install_error_handlers(app)
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pools.router)
     app.include_router(review.router)
     app.include_router(review.bulk_router)
+    app.include_router(workflows.router)
+    app.include_router(workflows.templates_router)
 
     app.add_middleware(LatencyMiddleware, histogram=app.state.metrics.requests)
 

@@ -610,3 +610,8 @@ def review_dismiss(ctx: typer.Context, job_id: Annotated[str, typer.Argument(met
     with api(ctx) as client:
         job = client.review_dismiss(job_id)
     out.print(Text.assemble(f"{job['id']} dismissed (", status_text(job["status"]), ")"))
+# -- workflows (their commands live in cli/workflow.py) ----------------------------
+
+from renderfarm.cli.workflow import workflow_app  # noqa: E402  (registered after the shared helpers above)
+
+app.add_typer(workflow_app, name="workflow")

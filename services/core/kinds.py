@@ -57,3 +57,35 @@ def kinds_for(workload: WorkloadClass | str) -> list[JobKind]:
 
 def longest_time_limit_s() -> int:
     return max(kind.time_limit_s for kind in KINDS.values())
+
+
+# --- what each kind writes ------------------------------------------------------------
+# Output names as a function of a kind's params, where the params decide them, so that a
+# workflow's references to outputs are checked at submit. A kind missing here writes
+# outputs that are only known once it ran (references to it are checked then).
+
+def _transcode_outputs(p) -> frozenset[str]:
+    return frozenset(f"{r.name}.mp4" for r in p.renditions)
+
+
+def _thumbnail_outputs(p) -> frozenset[str] | None:
+    if p.count is None and p.times is None:
+        return None
+    n = p.count if p.count is not None else len(p.times)
+    names = {f"thumb-{i:04d}.{p.format}" for i in range(1, n + 1)}
+    return frozenset(names | ({f"sprite.{p.format}"} if p.sprite else set()))
+
+
+_OUTPUTS = {
+    "probe": lambda p: frozenset(),
+    "transcode": _transcode_outputs,
+    "thumbnail": _thumbnail_outputs,
+    "extract_audio": lambda p: frozenset({f"audio.{p.format}"}),
+    "transcribe": lambda p: frozenset(f"transcript.{fmt}" for fmt in p.formats),
+}
+
+
+def output_names(kind: str, params: BaseModel) -> frozenset[str] | None:
+    """The outputs a job of ``kind`` with ``params`` writes; None when only its run knows."""
+    rule = _OUTPUTS.get(kind)
+    return rule(params) if rule is not None else None

@@ -18,6 +18,8 @@ Key layout (all under ``rf:``):
 - ``rf:workers``                zset: worker name -> last heartbeat (epoch s)
 - ``rf:worker:<name>``          hash: a worker's pool, queues, pod, pid (expires)
 - ``rf:events:<id>``            pub/sub channel: progress events
+- ``rf:workflows:due``          zset: ended jobs of workflow steps -> when they ended (the
+  workflow engine advances each and removes it; see workflow_store.py)
 
 Every status change goes through one Lua call that checks the move against
 ``jobs.allowed_sources`` (and, for a run's own writes, its attempt token), updates
@@ -30,7 +32,7 @@ lease. Every later write of that run names the token, so a run that was replaced
 (its lease lapsed, it was cancelled and retried) can no longer write anything.
 Internal fields (never in the API's Job): ``attempt``, ``last_attempt``,
 ``budget_base`` (attempts before the last manual retry), ``queue_message``,
-``body_hash``, ``webhook_attempts``.
+``body_hash``, ``webhook_attempts``, ``workflow`` (the workflow a step's job belongs to).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ BEAT_HEARTBEAT = f"{PREFIX}beat"
 WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due
 LEASES = f"{PREFIX}leases"
 INFLIGHT_PREFIX = f"{PREFIX}inflight:"
+WORKFLOW_DUE = f"{PREFIX}workflows:due"  # zset: step jobs that ended -> when; the engine advances them
 _INDEX_PREFIX = f"{PREFIX}jobs:"
 _TENANT_PREFIX = f"{PREFIX}tenant:"
 
@@ -197,7 +200,8 @@ def decode_job(raw: dict[str, str]) -> Job:
     return Job.model_validate(data)
 
 
-_INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base")
+_INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base",
+                    "workflow")
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -295,7 +299,8 @@ return {'created', ''}
 # live attempt's; when ``lapsed_before`` is given, that the lease lapsed before it),
 # then moves indexes, in-flight, lease, delayed entry and dead-letter together,
 # publishes the event and returns the new record.
-# KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...
+# KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...,
+#       workflow due set (last)
 # ARGV: 1 id, 2 target, 3 allowed sources (",a,b,"), 4 ttl (0 = keep), 5 deadletter (0/1),
 #       6 message to queue ('' = none), 7 due time for it ('' = push now), 8 token ('' = any),
 #       9 lapsed_before ('' = no lease check), 10 in-flight key prefix, 11 event time (ISO),
@@ -331,6 +336,9 @@ if tonumber(ARGV[4]) > 0 then
     redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
     redis.call('HSET', KEYS[1], 'webhook_attempts', '0')
   end
+  -- A workflow step ended: in the same call, it is due for the engine (KEYS' last entry).
+  local flow = redis.call('HGET', KEYS[1], 'workflow')
+  if flow and flow ~= '' then redis.call('ZADD', KEYS[#KEYS], ARGV[12], ARGV[1]) end
 else
   redis.call('PERSIST', KEYS[1])
 end
@@ -819,7 +827,7 @@ class JobStore:
         now = _now()
         reply = self._transition(
             keys=[job_key(job_id), INDEX_ALL, DEADLETTER, DELAYED, WEBHOOKS, LEASES, events_channel(job_id),
-                  *self._STATUS_KEYS],
+                  *self._STATUS_KEYS, WORKFLOW_DUE],
             args=[job_id, target.value, f",{sources},", ttl, "1" if dead_letter else "0",
                   requeue_message or "", "" if due_at is None else repr(due_at), token or "",
                   "" if lapsed_before is None else repr(lapsed_before), INFLIGHT_PREFIX, _iso_now(), repr(now),
@@ -1176,6 +1184,50 @@ class JobStore:
                 self.redis.zrem(DEADLETTER, job_id)
                 removed += 1
         return removed
+
+    def workflow_of(self, job_id: str) -> str | None:
+        """The workflow whose step this job runs (None for a plain job)."""
+        return self.redis.hget(job_key(job_id), "workflow") or None
+
+    def workflow_due(self, ended_before: float, limit: int = 200) -> list[str]:
+        """Step jobs that ended before ``ended_before`` and whose workflow has not yet
+        advanced past them (the engine removes each entry in its advancing call)."""
+        return self.redis.zrangebyscore(WORKFLOW_DUE, "-inf", repr(ended_before), start=0, num=limit)
+
+
+# --- jobs created inside another owner's atomic call (workflow steps) ------------------
+
+# The same writes as _SUBMIT (record, indexes, message) as a Lua function, for a caller
+# whose own script creates jobs together with its own state (workflow_store.py). The
+# record's fields come from ``job_record_args``, so the format keeps one owner.
+# create_job(job key, queue, all index, kind index, queued index, id, score, message, fields)
+CREATE_JOB_LUA = """
+local function create_job(job_key, queue, all_index, kind_index, queued_index, id, score, message, fields)
+  redis.call('HSET', job_key, unpack(fields))
+  redis.call('ZADD', all_index, score, id)
+  redis.call('ZADD', queued_index, score, id)
+  redis.call('ZADD', kind_index, score, id)
+  local tenant = redis.call('HGET', job_key, 'tenant') or ''
+  local kind = redis.call('HGET', job_key, 'kind')
+  redis.call('ZADD', '%s' .. tenant .. ':jobs', score, id)
+  redis.call('ZADD', '%s' .. tenant .. ':status:queued', score, id)
+  redis.call('ZADD', '%s' .. tenant .. ':kind:' .. kind, score, id)
+  redis.call('LPUSH', queue, message)
+end
+""" % (_TENANT_PREFIX, _TENANT_PREFIX, _TENANT_PREFIX)
+
+
+def job_record_args(job: Job, message: str, *, workflow: str = "") -> tuple[list[str], list[str]]:
+    """(keys, args) for one ``create_job`` call: job key, queue, all/kind/queued indexes;
+    id, score, message, then the encoded field pairs (count first)."""
+    fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
+    fields["body_hash"] = ""
+    fields["queue_message"] = message
+    if workflow:
+        fields["workflow"] = workflow
+    flat = [item for pair in fields.items() for item in pair]
+    keys = [job_key(job.id), job.queue, INDEX_ALL, kind_index(job.kind), status_index(JobStatus.queued)]
+    return keys, [job.id, str(_score(job.created_at.timestamp())), message, str(len(flat)), *flat]
 
 
     # -- delete and manual review (each action one atomic call) ----------------------

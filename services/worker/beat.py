@@ -6,6 +6,8 @@
 - waiting jobs whose message was lost (a Redis restart at the wrong moment) get it back;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
 - index entries of jobs past their retention are removed;
+- workflows move on past step jobs that ended without their worker advancing them
+  (the worker was killed as the step finished);
 - webhooks of finished jobs are delivered, signed, with retries, by a sender
   thread of their own (a slow receiver never holds up the passes above).
 """
@@ -26,6 +28,7 @@ from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.recovery import end_lost_run
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, job_key
+from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.worker.webhooks import WebhookSender
 
 log = logging.getLogger("renderfarm.beat")
@@ -135,11 +138,14 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
     last_slow = 0.0
     last_lost_check = 0.0
     suspects: set[str] = set()
+    workflows = WorkflowStore(store)
     while not stop.is_set():
         started = time.monotonic()
         try:
             store.redis.set(BEAT_HEARTBEAT, repr(time.time()), ex=max(5, int(settings.maintenance_interval_s * 3)))
             store.promote_due_retries()
+            # Workflow steps whose job ended over a second ago and whose worker did not advance them.
+            workflows.advance_due(time.time() - 1.0)
             if started - last_slow >= 5:
                 last_slow = started
                 recover_orphans(store, settings)

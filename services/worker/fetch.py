@@ -28,7 +28,9 @@ def local_input(uri: str, settings: Settings, work_dir: Path) -> Path:
     try:
         scheme = input_scheme(uri)
         if scheme == "file":
-            path = confine_path(file_path(uri), settings.input_roots)
+            # The farm's own outputs are inputs too (workflow steps read earlier steps'
+            # outputs); the API refuses them in a client's request (input_roots only).
+            path = confine_path(file_path(uri), [*settings.input_roots, settings.outputs_dir])
             if not path.is_file():
                 raise InvalidMedia(f"input file {str(file_path(uri))!r} does not exist")
             return path

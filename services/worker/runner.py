@@ -39,6 +39,7 @@ from renderfarm.core.submit import job_message
 from renderfarm.worker import identity
 from renderfarm.worker.context import JobContext
 from renderfarm.worker.errors import JobCancelled, WorkloadError
+from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.worker.fetch import local_input
 from renderfarm.worker.workloads import handlers_for
 
@@ -249,7 +250,18 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
             # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
             return _stopped(store, job, token, started, ctx)
     _record(store, job, status, duration)
+    _advance_workflow(store, job.id)
     return status.value
+
+
+def _advance_workflow(store: JobStore, job_id: str) -> None:
+    """A workflow step ended: start what follows now. Beat does it too (advance_due), so
+    a worker killed right here delays the workflow by a beat pass and starts nothing twice."""
+    try:
+        if store.workflow_of(job_id):
+            WorkflowStore(store).advance(job_id)
+    except Exception as exc:  # beat advances it: never fail a finished job over this
+        log.warning("workflow of job %s not advanced now (beat will): %s", job_id, exc)
 
 
 def _committed_by(store: JobStore, job_id: str, token: str, status: JobStatus) -> bool:

@@ -32,3 +32,26 @@ def ffprobe(path: Path) -> dict:
 
 def stream(info: dict, codec_type: str) -> dict | None:
     return next((s for s in info["streams"] if s["codec_type"] == codec_type), None)
+
+
+def make_cut_clip_with_speech(path: Path, speech_wav: Path, *, sources: list[str], frames_each: int,
+                              width: int = 320, height: int = 180, fps: int = 25) -> Path:
+    """Video of ``sources`` (lavfi, each looking nothing like its neighbours) joined by
+    hard cuts every ``frames_each`` frames, with ``speech_wav`` as its audio (cut or
+    padded to the video's length)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+    graph, labels = [], ""
+    for i, source in enumerate(sources):
+        separator = ":" if "=" in source else "="
+        args += ["-f", "lavfi", "-i", f"{source}{separator}size={width}x{height}:rate={fps}"]
+        graph.append(f"[{i}:v]trim=end_frame={frames_each},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
+        labels += f"[v{i}]"
+    duration = len(sources) * frames_each / fps
+    args += ["-i", str(speech_wav)]
+    graph.append(f"{labels}concat=n={len(sources)}:v=1:a=0[out]")
+    graph.append(f"[{len(sources)}:a]apad,atrim=end={duration}[aout]")
+    args += ["-filter_complex", ";".join(graph), "-map", "[out]", "-map", "[aout]", "-c:v", "libx264",
+             "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(duration), str(path)]
+    subprocess.run(args, check=True)
+    return path

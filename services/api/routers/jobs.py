@@ -153,6 +153,10 @@ def cancel_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(sto
              responses=error_responses(404, 409, 422))
 def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(store)) -> Job:
     job = _get(store_, job_id, tenant)
+    if (workflow := store_.workflow_of(job_id)) is not None:
+        # Its workflow would not see the new run: the workflow's retry runs the step again.
+        raise ApiError(409, "conflict", f"job is a step of workflow {workflow}: retry the workflow",
+                       {"workflow_id": workflow})
     kind = get_kind(job.kind)
     try:
         job = store_.transition(
