@@ -39,6 +39,8 @@ _KINDS: tuple[JobKind, ...] = (
             "Speech to text with faster-whisper: JSON, SRT, VTT, TXT.", 7200, 7260),
     JobKind("vision", WorkloadClass.gpu_vision, params.VisionParams,
             "Shot boundaries with TransNetV2, a keyframe per shot, optional contact sheet.", 3600, 3660),
+    JobKind("package_hls", WorkloadClass.cpu, params.PackageHlsParams,
+            "HLS: an ABR ladder (never upscaled), fMP4 or TS segments, a master playlist.", 3600, 3660),
 )
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in _KINDS}
