@@ -41,6 +41,9 @@ _KINDS: tuple[JobKind, ...] = (
             "Shot boundaries with TransNetV2, a keyframe per shot, optional contact sheet.", 3600, 3660),
     JobKind("package_hls", WorkloadClass.cpu, params.PackageHlsParams,
             "HLS: an ABR ladder (never upscaled), fMP4 or TS segments, a master playlist.", 3600, 3660),
+    JobKind("report", WorkloadClass.cpu, params.ReportParams,
+            "Analysis report from probe, transcript and shots: self-contained HTML, PDF and JSON, "
+            "with an extractive summary.", 600, 660),
 )
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in _KINDS}

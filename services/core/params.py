@@ -136,3 +136,19 @@ class PackageHlsParams(_Params):
         if len(set(names)) != len(names):
             raise ValueError("rendition names must be unique")
         return self
+
+
+# --- the analysis report ---------------------------------------------------------------
+
+
+
+class ReportParams(_Params):
+    probe: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="media reference to a probe job's probe.json; omitted: the input is probed")
+    transcript: str | None = Field(default=None, min_length=1, max_length=4096,
+                                   description="media reference to a transcribe job's transcript.json")
+    shots: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="media reference to a vision job's shots.json (its keyframes are read beside it)")
+    title: str = Field(default="", max_length=200, description="default: the input's file name")
+    summary_sentences: int = Field(default=5, ge=1, le=50, description="sentences in the extractive summary")
+    max_keyframes: int = Field(default=60, ge=0, le=500, description="keyframes embedded (evenly sampled beyond this)")
