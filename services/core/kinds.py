@@ -44,6 +44,12 @@ _KINDS: tuple[JobKind, ...] = (
     JobKind("report", WorkloadClass.cpu, params.ReportParams,
             "Analysis report from probe, transcript and shots: self-contained HTML, PDF and JSON, "
             "with an extractive summary.", 600, 660),
+    JobKind("chunk_split", WorkloadClass.cpu, params.ChunkSplitParams,
+            "Chunked transcode, step 1: video cut on keyframes (or scene cuts) into chunks, stream copy.", 1800, 1860),
+    JobKind("chunk_encode", WorkloadClass.cpu, params.ChunkEncodeParams,
+            "Chunked transcode, step 2: one chunk encoded with the transcode rendition settings.", 3600, 3660),
+    JobKind("chunk_concat", WorkloadClass.cpu, params.ChunkConcatParams,
+            "Chunked transcode, step 3: chunks joined by stream copy, the source's audio muxed once; MP4.", 1800, 1860),
 )
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in _KINDS}

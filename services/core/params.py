@@ -152,3 +152,32 @@ class ReportParams(_Params):
     title: str = Field(default="", max_length=200, description="default: the input's file name")
     summary_sentences: int = Field(default=5, ge=1, le=50, description="sentences in the extractive summary")
     max_keyframes: int = Field(default=60, ge=0, le=500, description="keyframes embedded (evenly sampled beyond this)")
+
+
+# --- chunked transcode ----------------------------------------------------------------
+
+
+class ChunkSplitParams(_Params):
+    chunk_duration_s: float = Field(default=30.0, ge=1.0, le=3600.0, description="target chunk length (cuts fall on keyframes)")
+    split_on: Literal["keyframes", "scenes"] = Field(
+        default="keyframes", description="scenes: cut only on keyframes that start a detected scene, where there are any")
+    scene_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="ffmpeg scene score that counts as a cut")
+
+
+class ChunkEncodeParams(Rendition):
+    """The transcode rendition settings, for one chunk (video only; audio is muxed once by chunk_concat)."""
+
+    threads: int = Field(default=0, ge=0, le=64, description="encoder threads; 0 = the encoder's choice, 1 = one core")
+
+
+class ChunkConcatParams(_Params):
+    chunks: list[str] = Field(min_length=1, max_length=10_000,
+                              description="media references to the encoded chunks, in playback order")
+    name: str = Field(default="video", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="output is <name>.mp4")
+    audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
+
+    @model_validator(mode="after")
+    def _references(self) -> "ChunkConcatParams":
+        if any(not ref or len(ref) > 4096 for ref in self.chunks):
+            raise ValueError("every chunk reference must be 1 to 4096 characters")
+        return self

@@ -19,14 +19,10 @@ from urllib.parse import urljoin
 from renderfarm.core.inputs import InputError, confine_path, file_path, input_scheme
 from renderfarm.core.settings import Settings
 from renderfarm.worker.errors import InvalidInput
-from renderfarm.worker.fetch import local_input
+from renderfarm.worker.fetch import local_input, readable_roots
 
 # Names a reference may use to reach a file beside it (keyframes beside shots.json).
 _SIBLING_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-
-
-def readable_roots(settings: Settings) -> list[Path]:
-    return [*settings.input_roots, settings.outputs_dir]
 
 
 def local_reference(uri: str, settings: Settings, work_dir: Path, what: str = "reference") -> Path:

@@ -4,6 +4,6 @@ module grows a second job."""
 
 from __future__ import annotations
 
-from renderfarm.worker.workloads import cpu, hls, report
+from renderfarm.worker.workloads import chunks, cpu, hls, report
 
-HANDLERS = {**cpu.HANDLERS, **hls.HANDLERS, **report.HANDLERS}
+HANDLERS = {**cpu.HANDLERS, **hls.HANDLERS, **report.HANDLERS, **chunks.HANDLERS}
