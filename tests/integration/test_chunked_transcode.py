@@ -85,6 +85,8 @@ def test_chunked_transcode_matches_a_single_pass_encode(farm, data_dir, tmp_path
     for index in split.result.metadata["order"]:
         encoded[index] = run_job(store, worker, "chunk_encode", chunks[index]["uri"], {**RENDITION, "threads": 1})
         assert encoded[index].result.metadata["frames"] == chunks[index]["frames"]
+        # x264 writes its settings into the stream: one encoder thread, as the bench pins one core.
+        assert b" threads=1 " in output_path(encoded[index], "encoded.mkv").read_bytes()[:65536]
     joined = run_job(store, worker, "chunk_concat", source,
                      {"chunks": [encoded[i].result.outputs[0].uri for i in range(len(chunks))], "name": "240p"})
     single = run_job(store, worker, "transcode", source, {"renditions": [RENDITION]})

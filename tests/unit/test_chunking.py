@@ -83,3 +83,14 @@ def test_packet_and_scene_reports_parse():
         (0.0, True), (0.04, False), (0.08, False)]
     assert parse_scene_times("frame:0    pts:512     pts_time:4.52\nlavfi.scene_score=0.9\n"
                              "frame:1    pts:1024    pts_time:9\nlavfi.scene_score=0.8\n") == [4.52, 9.0]
+
+
+def test_concat_copies_video_encodes_audio_once_and_tags_hevc_for_apple_players(tmp_path):
+    from renderfarm.worker.workloads.chunks import concat_command
+
+    argv = concat_command(tmp_path / "l.ffconcat", tmp_path / "src.mp4", tmp_path / "out.mp4", True, 96, "hevc")
+    assert argv[argv.index("-c:v") + 1] == "copy" and argv[argv.index("-tag:v") + 1] == "hvc1"
+    assert argv[argv.index("-c:a") + 1] == "aac" and "1:a:0" in argv
+    assert argv.count("-format_whitelist") == 2, "the source keeps the ordinary input whitelist"
+    plain = concat_command(tmp_path / "l.ffconcat", tmp_path / "src.mp4", tmp_path / "out.mp4", False, 96, "h264")
+    assert "-tag:v" not in plain and "-c:a" not in plain

@@ -96,8 +96,10 @@ def encode_command(input_path: Path | str, output_path: Path | str, params: Chun
 
 
 def concat_command(list_path: Path, source: Path | str, output_path: Path | str, has_audio: bool,
-                   audio_bitrate_kbps: int) -> list[str]:
+                   audio_bitrate_kbps: int, video_codec: str | None = "h264") -> list[str]:
     args = [*concat_input_args(list_path), *input_args(source), "-map", "0:v:0", "-c:v", "copy"]
+    if video_codec == "hevc":
+        args += ["-tag:v", "hvc1"]  # what Apple players require in MP4, as transcode writes it
     if has_audio:
         args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", f"{audio_bitrate_kbps}k"]
     return ffmpeg_argv(*args, "-movflags", "+faststart", "-max_muxing_queue_size", "1024", "-f", "mp4",
@@ -237,7 +239,7 @@ def chunk_concat(ctx: JobContext) -> JobResult:
     duration = media_duration(info)
     temp = ctx.temp_output(output_name)
     try:
-        run_ffmpeg(concat_command(list_path, ctx.input_path, temp, has_audio, params.audio_bitrate_kbps),
+        run_ffmpeg(concat_command(list_path, ctx.input_path, temp, has_audio, params.audio_bitrate_kbps, shape[0]),
                    duration_s=duration, what="chunk concat", should_stop=ctx.is_cancelled,
                    on_progress=lambda percent: ctx.progress(10 + 0.9 * percent, "joining chunks", ""))
         frames = len(probe_packets(temp, 0, should_stop=ctx.is_cancelled))
