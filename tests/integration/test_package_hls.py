@@ -89,3 +89,15 @@ def test_package_hls_refuses_a_playlist_as_its_input(farm, data_dir):
     done = run_job(store, worker, "package_hls", disguised, {}, expect=JobStatus.failed)
     assert done.error.type == "invalid_media", done.error
     assert done.result is None
+
+
+def test_package_hls_of_a_silent_video_has_video_only_variants(farm, data_dir):
+    store, worker = farm
+    clip = make_clip(data_dir / "inputs" / "silent.mp4", duration=4.0, width=320, height=240, audio=False)
+    done = run_job(store, worker, "package_hls", clip,
+                   {"renditions": [{"height": 120, "video_bitrate_kbps": 150}], "segment_duration_s": 2})
+    [variant] = parse_master_playlist(output_path(done, "master.m3u8").read_text())
+    assert variant.resolution == (160, 120) and not any(c.startswith("mp4a") for c in variant.codecs)
+    info = read_back(output_path(done, "120p.m3u8"))
+    assert [s["codec_type"] for s in info["streams"]] == ["video"]
+    assert done.result.metadata["renditions"][0]["audio_bitrate_kbps"] is None
