@@ -94,3 +94,12 @@ def test_concat_copies_video_encodes_audio_once_and_tags_hevc_for_apple_players(
     assert argv.count("-format_whitelist") == 2, "the source keeps the ordinary input whitelist"
     plain = concat_command(tmp_path / "l.ffconcat", tmp_path / "src.mp4", tmp_path / "out.mp4", False, 96, "h264")
     assert "-tag:v" not in plain and "-c:a" not in plain
+
+
+def test_scene_filter_writes_its_report_to_a_quoted_path_and_refuses_unquotable_ones(tmp_path):
+    from renderfarm.worker.workloads.chunks import scene_filter
+
+    assert scene_filter(0.3, tmp_path / "scenes.txt").endswith(f"metadata=mode=print:file='{tmp_path}/scenes.txt'")
+    assert "gt(scene\\,0.3)" in scene_filter(0.3, tmp_path / "scenes.txt")
+    with pytest.raises(RuntimeError):
+        scene_filter(0.3, tmp_path / "it's" / "scenes.txt")

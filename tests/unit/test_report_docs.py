@@ -77,3 +77,11 @@ def test_pdf_parses_and_holds_the_text_and_the_images():
 def test_keyframes_are_sampled_evenly_including_first_and_last():
     assert sample_evenly(list(range(10)), 4) == [0, 3, 6, 9]
     assert sample_evenly([1, 2], 5) == [1, 2] and sample_evenly([1, 2], 0) == []
+
+
+def test_times_read_as_clock_times_rounded_to_the_millisecond():
+    from renderfarm.worker.workloads.report_docs import _clock
+
+    assert _clock(1.9996) == "0:00:02.000"
+    assert _clock(3725.25) == "1:02:05.250"
+    assert _clock(None) == "-"

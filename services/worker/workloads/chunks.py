@@ -69,8 +69,11 @@ def scene_command(input_path: Path | str, stream_index: int, script: Path) -> li
 
 def scene_filter(threshold: float, report_path: Path) -> str:
     # Scored on a small copy: a hard cut is as obvious at 160 pixels wide, and cheaper.
-    escaped = str(report_path).replace("\\", "\\\\").replace("'", "\\'")
-    return f"scale=160:-2,select='gt(scene\\,{threshold})',metadata=mode=print:file='{escaped}'"
+    # The path is the worker's own scratch folder; quoting stays simple by refusing the
+    # few characters that filtergraph quoting would need to escape.
+    if re.search(r"['\\\[\];,]", str(report_path)):
+        raise RuntimeError(f"scratch path {str(report_path)!r} cannot be quoted in a filtergraph")
+    return f"scale=160:-2,select='gt(scene\\,{threshold})',metadata=mode=print:file='{report_path}'"
 
 
 def parse_scene_times(text: str) -> list[float]:

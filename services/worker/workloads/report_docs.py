@@ -24,8 +24,9 @@ SUMMARY_METHOD = "textrank"
 def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    whole = int(seconds)
-    return f"{whole // 3600:d}:{whole // 60 % 60:02d}:{whole % 60:02d}.{int(round((seconds - whole) * 1000)) % 1000:03d}"
+    millis = int(round(seconds * 1000))
+    whole, fraction = divmod(millis, 1000)
+    return f"{whole // 3600:d}:{whole // 60 % 60:02d}:{whole % 60:02d}.{fraction:03d}"
 
 
 def sample_evenly(items: list[Any], limit: int) -> list[Any]:
