@@ -43,3 +43,15 @@ def test_the_summary_is_deterministic_with_ties_going_to_the_earlier_sentence():
 def test_sentences_without_shared_content_words_are_unrelated():
     assert similarity(["lamp", "stairs"], ["banana", "yellow"]) == 0.0
     assert similarity(["lamp", "stairs"], ["lamp", "yellow"]) > 0.0
+
+
+def test_a_long_transcript_is_ranked_over_its_whole_length():
+    from renderfarm.worker.workloads.summary import MAX_SENTENCES
+
+    # Unrelated filler first; the on-topic sentences only at the very end, each said
+    # three times so an even sample over the whole text cannot miss them all.
+    filler = [f"Zq{n} xv{n} wk{n} pj{n}." for n in range(3 * MAX_SENTENCES)]
+    topic = [sentence for sentence in TOPIC if "lighthouse" in sentence or "keeper" in sentence]
+    text = " ".join(filler + [sentence for sentence in topic for _ in range(3)])
+    summary = summarize(text, max_sentences=2)
+    assert len(summary) == 2 and all(sentence in topic for sentence in summary), summary

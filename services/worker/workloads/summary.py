@@ -27,7 +27,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 DAMPING = 0.85
-MAX_SENTENCES = 600  # beyond this the O(n^2) graph is sampled down to the first MAX_SENTENCES
+MAX_SENTENCES = 600  # the graph is O(n^2): a longer transcript is sampled down to this many sentences
 
 
 def split_sentences(text: str) -> list[str]:
@@ -54,12 +54,12 @@ def textrank_scores(sentences: list[str], iterations: int = 50, tolerance: float
     count = len(sentences)
     weights = [[similarity(words[i], words[j]) if i != j else 0.0 for j in range(count)] for i in range(count)]
     out_totals = [sum(row) for row in weights]
+    # Only the links that exist: the graph of a long transcript is sparse.
+    incoming = [[(j, weights[j][i] / out_totals[j]) for j in range(count) if weights[j][i] > 0] for i in range(count)]
     scores = [1.0 / count] * count if count else []
     for _ in range(iterations):
-        updated = []
-        for i in range(count):
-            incoming = sum(weights[j][i] / out_totals[j] * scores[j] for j in range(count) if out_totals[j] > 0)
-            updated.append((1 - DAMPING) / count + DAMPING * incoming)
+        updated = [(1 - DAMPING) / count + DAMPING * sum(share * scores[j] for j, share in incoming[i])
+                   for i in range(count)]
         change = sum(abs(a - b) for a, b in zip(updated, scores))
         scores = updated
         if change < tolerance:
@@ -68,8 +68,13 @@ def textrank_scores(sentences: list[str], iterations: int = 50, tolerance: float
 
 
 def summarize(text: str, max_sentences: int = 5) -> list[str]:
-    """The ``max_sentences`` most central sentences of ``text``, in their original order."""
-    sentences = split_sentences(text)[:MAX_SENTENCES]
+    """The ``max_sentences`` most central sentences of ``text``, in their original order.
+    A transcript longer than MAX_SENTENCES is ranked on sentences sampled evenly over
+    its whole length, so its end counts as much as its beginning."""
+    sentences = split_sentences(text)
+    if len(sentences) > MAX_SENTENCES:
+        step = len(sentences) / MAX_SENTENCES
+        sentences = [sentences[int(i * step)] for i in range(MAX_SENTENCES)]
     if len(sentences) <= max_sentences:
         return sentences
     scores = textrank_scores(sentences)
