@@ -45,6 +45,7 @@ from renderfarm.cli.render import (
     workers_table,
 )
 from renderfarm.core.apikeys import DEFAULT_TENANT, Scope, check_tenant
+from renderfarm.core.kinds import KINDS
 from renderfarm.core.queues import Priority
 
 EXIT_JOB_FAILED = 1
@@ -132,7 +133,7 @@ def _print_json(value: Any) -> None:
 @app.command()
 def submit(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="Job kind: probe, transcode, thumbnail, extract_audio, transcribe, vision.")],
+    kind: Annotated[str, typer.Argument(help=f"Job kind: {', '.join(KINDS)}.")],
     input: Annotated[str, typer.Argument(help="A local path (sent as an absolute file:// URI) or a URL.")],
     priority: Annotated[Priority, typer.Option("--priority", "-p", help="Queue priority.")] = Priority.normal,
     param: Annotated[Optional[list[str]], typer.Option(

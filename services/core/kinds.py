@@ -39,6 +39,17 @@ _KINDS: tuple[JobKind, ...] = (
             "Speech to text with faster-whisper: JSON, SRT, VTT, TXT.", 7200, 7260),
     JobKind("vision", WorkloadClass.gpu_vision, params.VisionParams,
             "Shot boundaries with TransNetV2, a keyframe per shot, optional contact sheet.", 3600, 3660),
+    JobKind("package_hls", WorkloadClass.cpu, params.PackageHlsParams,
+            "HLS: an ABR ladder (never upscaled), fMP4 or TS segments, a master playlist.", 3600, 3660),
+    JobKind("report", WorkloadClass.cpu, params.ReportParams,
+            "Analysis report from probe, transcript and shots: self-contained HTML, PDF and JSON, "
+            "with an extractive summary.", 600, 660),
+    JobKind("chunk_split", WorkloadClass.cpu, params.ChunkSplitParams,
+            "Chunked transcode, step 1: video cut on keyframes (or scene cuts) into chunks, stream copy.", 1800, 1860),
+    JobKind("chunk_encode", WorkloadClass.cpu, params.ChunkEncodeParams,
+            "Chunked transcode, step 2: one chunk encoded with the transcode rendition settings.", 3600, 3660),
+    JobKind("chunk_concat", WorkloadClass.cpu, params.ChunkConcatParams,
+            "Chunked transcode, step 3: chunks joined by stream copy, the source's audio muxed once; MP4.", 1800, 1860),
 )
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in _KINDS}

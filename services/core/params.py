@@ -93,3 +93,91 @@ class VisionParams(_Params):
     batch_windows: int | None = Field(
         default=None, ge=1, le=256,
         description="100-frame windows per forward pass; default: chosen for the device (16 on a GPU, 1 on the CPU)")
+
+
+# --- HLS packaging ----------------------------------------------------------------------
+
+
+class HlsRendition(_Params):
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,32}$", description="variant name; default '<height>p'")
+    height: int = Field(ge=16, le=4320, description="output height in pixels (even); never above the source's")
+    video_bitrate_kbps: int = Field(ge=50, le=200_000, description="average video bitrate, also the cap (maxrate)")
+    audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
+
+    @model_validator(mode="after")
+    def _even_and_named(self) -> "HlsRendition":
+        if self.height % 2:
+            raise ValueError("height must be even")
+        if not self.name:
+            self.name = f"{self.height}p"
+        return self
+
+
+def default_hls_ladder() -> list[HlsRendition]:
+    """A common H.264 ladder (Apple's authoring guide, rounded); rungs above the source are dropped."""
+    return [
+        HlsRendition(height=1080, video_bitrate_kbps=5000, audio_bitrate_kbps=128),
+        HlsRendition(height=720, video_bitrate_kbps=2800, audio_bitrate_kbps=128),
+        HlsRendition(height=480, video_bitrate_kbps=1400, audio_bitrate_kbps=96),
+        HlsRendition(height=360, video_bitrate_kbps=800, audio_bitrate_kbps=96),
+        HlsRendition(height=240, video_bitrate_kbps=400, audio_bitrate_kbps=64),
+    ]
+
+
+class PackageHlsParams(_Params):
+    renditions: list[HlsRendition] = Field(default_factory=default_hls_ladder, min_length=1, max_length=8)
+    segment_type: Literal["fmp4", "mpegts"] = Field(default="fmp4", description="fMP4 (CMAF) or MPEG-TS segments")
+    segment_duration_s: int = Field(default=4, ge=1, le=30, description="target segment length; keyframes are forced there")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PackageHlsParams":
+        names = [r.name for r in self.renditions]
+        if len(set(names)) != len(names):
+            raise ValueError("rendition names must be unique")
+        return self
+
+
+# --- the analysis report ---------------------------------------------------------------
+
+
+
+class ReportParams(_Params):
+    probe: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="media reference to a probe job's probe.json; omitted: the input is probed")
+    transcript: str | None = Field(default=None, min_length=1, max_length=4096,
+                                   description="media reference to a transcribe job's transcript.json")
+    shots: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="media reference to a vision job's shots.json (its keyframes are read beside it)")
+    title: str = Field(default="", max_length=200, description="default: the input's file name")
+    summary_sentences: int = Field(default=5, ge=1, le=50, description="sentences in the extractive summary")
+    max_keyframes: int = Field(default=60, ge=0, le=500, description="keyframes embedded (evenly sampled beyond this)")
+
+
+# --- chunked transcode ----------------------------------------------------------------
+
+
+class ChunkSplitParams(_Params):
+    chunk_duration_s: float = Field(default=30.0, ge=1.0, le=3600.0, description="target chunk length (cuts fall on keyframes)")
+    split_on: Literal["keyframes", "scenes"] = Field(
+        default="keyframes", description="scenes: cut only on keyframes that start a detected scene, where there are any")
+    scene_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="ffmpeg scene score that counts as a cut")
+
+
+class ChunkEncodeParams(Rendition):
+    """The transcode rendition settings, for one chunk (video only; audio is muxed once by chunk_concat)."""
+
+    threads: int = Field(default=0, ge=0, le=64, description="encoder threads; 0 = the encoder's choice, 1 = one core")
+
+
+class ChunkConcatParams(_Params):
+    chunks: list[str] = Field(min_length=1, max_length=10_000,
+                              description="media references to the encoded chunks, in playback order")
+    name: str = Field(default="video", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="output is <name>.mp4")
+    audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
+
+    @model_validator(mode="after")
+    def _references(self) -> "ChunkConcatParams":
+        if any(not ref or len(ref) > 4096 for ref in self.chunks):
+            raise ValueError("every chunk reference must be 1 to 4096 characters")
+        return self

@@ -24,13 +24,19 @@ MAX_REDIRECTS = 5
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
+def readable_roots(settings: Settings) -> list[Path]:
+    """Where a worker may read local media: the input roots, and the farm's own outputs
+    folder, where an earlier step (a workflow's chunk, transcript, shots) published."""
+    return [*settings.input_roots, settings.outputs_dir]
+
+
 def local_input(uri: str, settings: Settings, work_dir: Path) -> Path:
     try:
         scheme = input_scheme(uri)
         if scheme == "file":
             # The farm's own outputs are inputs too (workflow steps read earlier steps'
             # outputs); the API refuses them in a client's request (input_roots only).
-            path = confine_path(file_path(uri), [*settings.input_roots, settings.outputs_dir])
+            path = confine_path(file_path(uri), readable_roots(settings))
             if not path.is_file():
                 raise InvalidMedia(f"input file {str(file_path(uri))!r} does not exist")
             return path

@@ -376,6 +376,75 @@ def stream_ffmpeg(
         raise failure(what, returncode, stderr)
 
 
+# --- concat of our own chunks --------------------------------------------------------------
+
+# The concat demuxer is never allowed on an uploaded file. chunk_concat needs it for a
+# list that the worker itself writes, naming copies of the chunks (each probed with
+# the ordinary whitelists first) in the list's own folder: ``-safe 1`` refuses
+# absolute paths, protocols and "..", the protocol whitelist stays "file", and the
+# files it opens may only be Matroska (concat copies its whitelists to them).
+CONCAT_CHILD_DEMUXERS: tuple[str, ...] = ("matroska",)
+_CONCAT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def concat_list(names: Sequence[str]) -> str:
+    """An ffconcat list of plain file names (beside the list), in order."""
+    for name in names:
+        if not _CONCAT_NAME.match(name) or ".." in name:
+            raise ValueError(f"not a plain file name for a concat list: {name!r}")
+    return "ffconcat version 1.0\n" + "".join(f"file {name}\n" for name in names)
+
+
+def concat_input_args(list_path: Path | str) -> list[str]:
+    """``-i`` for a concat list this worker wrote (see CONCAT_CHILD_DEMUXERS)."""
+    return ["-f", "concat", "-safe", "1", "-protocol_whitelist", PROTOCOL_WHITELIST,
+            "-format_whitelist", ",".join(("concat", *CONCAT_CHILD_DEMUXERS)), "-i", file_url(list_path)]
+
+
+def probe_packets_argv(path: Path | str, stream_index: int) -> list[str]:
+    options = [item for name, value in input_kwargs().items() for item in (f"-{name}", value)]
+    return [FFPROBE, "-v", "error", *options, "-select_streams", str(stream_index),
+            "-show_entries", "packet=pts_time,dts_time,flags", "-of", "csv=p=0", file_url(path)]
+
+
+def parse_packet_lines(text: str) -> list[tuple[float, bool]]:
+    """(presentation time, is keyframe) per packet from ``probe_packets_argv``'s CSV; the
+    decode time stands in where a packet has no presentation time."""
+    packets = []
+    for line in text.splitlines():
+        fields = line.strip().split(",")
+        if len(fields) < 3:
+            continue
+        pts, dts, flags = fields[0], fields[1], fields[2]
+        raw = pts if pts not in ("", "N/A") else dts
+        if raw in ("", "N/A"):
+            continue
+        packets.append((float(raw), "K" in flags))
+    return packets
+
+
+@traced("ffprobe")
+def probe_packets(path: Path | str, stream_index: int, *, should_stop: Callable[[], bool] | None = None,
+                  grace_s: float = TERMINATE_GRACE_S) -> list[tuple[float, bool]]:
+    """Every packet of one stream as (time, is keyframe), in file order; no decoding."""
+    proc = subprocess.Popen(probe_packets_argv(path, stream_index), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watch = _CancelWatch(proc, should_stop, grace_s)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        _stop(proc, grace_s)
+        raise
+    finally:
+        watch.close()
+    if watch.fired:
+        raise JobCancelled("ffprobe: stopped, the job was cancelled")
+    if proc.returncode != 0:
+        stderr = err.decode("utf-8", "replace")
+        raise InvalidMedia(f"cannot read the packets of {Path(path).name!r}: {_stderr_tail(stderr) or 'ffprobe failed'}")
+    return parse_packet_lines(out.decode("utf-8", "replace"))
+
+
 def probe_argv(path: Path | str) -> list[str]:
     options = [item for name, value in input_kwargs().items() for item in (f"-{name}", value)]
     return [FFPROBE, "-v", "error", *options, "-show_format", "-show_streams", "-of", "json", file_url(path)]

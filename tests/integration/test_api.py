@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from renderfarm.api.app import create_app
 from renderfarm.core.apikeys import create_api_key
+from renderfarm.core.kinds import KINDS
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import DEADLETTER
 from tests.support.media import make_clip
@@ -216,4 +217,4 @@ def test_listing_by_an_unknown_kind_is_422_naming_the_kinds(client):
     assert response.status_code == 422
     [detail] = response.json()["error"]["details"]
     assert detail["field"] == "query.kind"
-    assert set(detail["allowed"]) == {"probe", "transcode", "thumbnail", "extract_audio", "transcribe", "vision"}
+    assert set(detail["allowed"]) == set(KINDS)

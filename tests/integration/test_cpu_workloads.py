@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -103,7 +104,8 @@ def image_size(path: Path) -> tuple[int, int]:
 def test_probe_reports_container_and_streams(tmp_path, media):
     result, _ = run(tmp_path, "probe", {}, media["clip"])
     meta = result.metadata
-    assert result.outputs == []
+    assert [o.name for o in result.outputs] == ["probe.json"]
+    assert json.loads(path_of(result, "probe.json").read_text()) == meta
     assert "mp4" in meta["format_name"]
     assert meta["duration"] == pytest.approx(2.0, abs=0.1)
     assert meta["size"] == media["clip"].stat().st_size

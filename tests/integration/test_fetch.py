@@ -183,3 +183,18 @@ def test_file_inputs_are_confined_to_the_input_roots(tmp_path, work_dir):
         local_input((inside.parent / "gone.mp4").as_uri(), conf, work_dir)
     with pytest.raises(InvalidInput, match="scheme"):
         local_input("ftp://example.com/a.mp4", conf, work_dir)
+
+
+def test_earlier_outputs_are_readable_but_nothing_else_under_the_data_folder(tmp_path, work_dir):
+    """A workflow step's input is an earlier job's output: the outputs folder is
+    readable beside the input roots; the rest of the data folder is not."""
+    conf = settings(tmp_path)
+    output = conf.outputs_dir / "job-1" / "chunk_0000.mkv"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"media")
+    elsewhere = conf.data_dir / "logs" / "worker.log"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(b"log")
+    assert local_input(output.as_uri(), conf, work_dir) == output.resolve()
+    with pytest.raises(InvalidInput, match="outside"):
+        local_input(elsewhere.as_uri(), conf, work_dir)

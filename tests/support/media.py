@@ -55,3 +55,31 @@ def make_cut_clip_with_speech(path: Path, speech_wav: Path, *, sources: list[str
              "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(duration), str(path)]
     subprocess.run(args, check=True)
     return path
+# Lavfi sources that look nothing like each other: a cut between two is a hard cut.
+CUT_SOURCES = ("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "cellauto")
+
+
+def make_speech_cut_clip(path: Path, speech_wav: Path, shots: int = 3, width: int = 320, height: int = 180,
+                         fps: int = 25) -> tuple[Path, list[int]]:
+    """A video of ``shots`` hard-cut shots as long as the speech, with the speech as its
+    audio (AAC). Returns the clip and the first frame of every shot after the first."""
+    duration = float(ffprobe(speech_wav)["format"]["duration"])
+    total = int(duration * fps)
+    lengths = [total // shots + (1 if i < total % shots else 0) for i in range(shots)]
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+    graph, labels = [], ""
+    for i, frames in enumerate(lengths):
+        args += ["-f", "lavfi", "-i", f"{CUT_SOURCES[i % len(CUT_SOURCES)]}=size={width}x{height}:rate={fps}"]
+        graph.append(f"[{i}:v]trim=end_frame={frames},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
+        labels += f"[v{i}]"
+    graph.append(f"{labels}concat=n={shots}:v=1:a=0[out]")
+    args += ["-i", str(speech_wav), "-filter_complex", ";".join(graph), "-map", "[out]", "-map", f"{shots}:a:0",
+             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
+             str(path)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(args, check=True)
+    cuts, start = [], 0
+    for frames in lengths[:-1]:
+        start += frames
+        cuts.append(start)
+    return path, cuts

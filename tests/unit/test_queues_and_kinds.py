@@ -45,11 +45,14 @@ def test_priority_aging_order():
 
 
 def test_every_kind_maps_to_a_pool_and_has_sane_limits():
-    assert set(KINDS) == {"probe", "transcode", "thumbnail", "extract_audio", "transcribe", "vision"}
+    assert set(KINDS) == {"probe", "transcode", "thumbnail", "extract_audio", "transcribe", "vision", "package_hls",
+                          "report", "chunk_split", "chunk_encode", "chunk_concat"}
     for kind in KINDS.values():
         assert kind.soft_time_limit_s < kind.time_limit_s
         assert kind.task_name == f"renderfarm.kind.{kind.name}"
-    assert {k.name for k in kinds_for(WorkloadClass.cpu)} == {"probe", "transcode", "thumbnail", "extract_audio"}
+    assert {k.name for k in kinds_for(WorkloadClass.cpu)} == {"probe", "transcode", "thumbnail", "extract_audio",
+                                                              "package_hls", "report", "chunk_split",
+                                                              "chunk_encode", "chunk_concat"}
     assert longest_time_limit_s() == max(k.time_limit_s for k in KINDS.values())
 
 

@@ -16,7 +16,7 @@ from renderfarm.core.queues import WorkloadClass
 from renderfarm.worker.context import Handler
 
 _POOL_MODULES: dict[WorkloadClass, str] = {
-    WorkloadClass.cpu: "renderfarm.worker.workloads.cpu",
+    WorkloadClass.cpu: "renderfarm.worker.workloads.cpu_pool",
     WorkloadClass.gpu_transcribe: "renderfarm.worker.workloads.transcribe",
     WorkloadClass.gpu_vision: "renderfarm.worker.workloads.vision",
 }

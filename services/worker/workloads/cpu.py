@@ -8,6 +8,7 @@ publish what they wrote (temporary name, then an atomic rename).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 from fractions import Fraction
@@ -233,8 +234,12 @@ def probe_media(ctx: JobContext) -> JobResult:
     summary = media_summary(_probe_input(ctx))
     if not summary["streams"]:
         raise InvalidMedia("input has no audio or video streams")
+    # Also published as probe.json: a later step (the report) takes it as a media reference.
+    temp = ctx.temp_output("probe.json")
+    temp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    output = ctx.publish(temp, "probe.json", "application/json")
     ctx.progress(100, "probe", "")
-    return JobResult(outputs=[], metadata=summary)
+    return JobResult(outputs=[output], metadata=summary)
 
 
 def written_rendition(path: Path) -> dict:
