@@ -88,11 +88,14 @@ def _thumbnail_outputs(p) -> frozenset[str] | None:
 
 
 _OUTPUTS = {
-    "probe": lambda p: frozenset(),
+    "probe": lambda p: frozenset({"probe.json"}),
     "transcode": _transcode_outputs,
     "thumbnail": _thumbnail_outputs,
     "extract_audio": lambda p: frozenset({f"audio.{p.format}"}),
     "transcribe": lambda p: frozenset(f"transcript.{fmt}" for fmt in p.formats),
+    "report": lambda p: frozenset({"report.json", "report.html", "report.pdf"}),
+    "chunk_encode": lambda p: frozenset({"encoded.mkv"}),
+    "chunk_concat": lambda p: frozenset({f"{p.name}.mp4"}),
 }
 
 

@@ -58,12 +58,22 @@ def requeue_fields(job: Job, params: dict[str, Any] | None, priority: Priority |
     return fields, changes
 
 
+class StepOfWorkflow(RuntimeError):
+    """A workflow's step runs again through its workflow's retry, which the workflow sees."""
+
+    def __init__(self, job_id: str, workflow_id: str):
+        super().__init__(f"job {job_id} is a step of workflow {workflow_id}: retry the workflow")
+        self.workflow_id = workflow_id
+
+
 def requeue(store: JobStore, job_id: str, actor: Actor, *, tenant: str | None, params: dict[str, Any] | None = None,
             priority: Priority | None = None) -> Job:
     """Run a job in review again with a fresh retry budget. ``tenant`` None: any tenant's (admin)."""
     job = store.get(job_id)
     if tenant is not None and job.tenant != tenant:
         raise JobNotFound(job_id)
+    if (workflow := store.workflow_of(job_id)) is not None:
+        raise StepOfWorkflow(job_id, workflow)
     fields, changes = requeue_fields(job, params, priority)
     kind = get_kind(job.kind)
     message = job_message(kind, job, queue=fields.get("queue", job.queue))
@@ -89,6 +99,8 @@ def requeue_matching(store: JobStore, actor: Actor, *, tenant: str | None, kind:
                 requeue(store, job.id, actor, tenant=tenant)
             except (JobNotFound, NotInReview):
                 continue  # acted on (or expired) meanwhile
+            except StepOfWorkflow:
+                continue  # its workflow's retry runs it
             requeued.append(job.id)
         if page.next_cursor is None:
             return requeued, False

@@ -1195,41 +1195,6 @@ class JobStore:
         return self.redis.zrangebyscore(WORKFLOW_DUE, "-inf", repr(ended_before), start=0, num=limit)
 
 
-# --- jobs created inside another owner's atomic call (workflow steps) ------------------
-
-# The same writes as _SUBMIT (record, indexes, message) as a Lua function, for a caller
-# whose own script creates jobs together with its own state (workflow_store.py). The
-# record's fields come from ``job_record_args``, so the format keeps one owner.
-# create_job(job key, queue, all index, kind index, queued index, id, score, message, fields)
-CREATE_JOB_LUA = """
-local function create_job(job_key, queue, all_index, kind_index, queued_index, id, score, message, fields)
-  redis.call('HSET', job_key, unpack(fields))
-  redis.call('ZADD', all_index, score, id)
-  redis.call('ZADD', queued_index, score, id)
-  redis.call('ZADD', kind_index, score, id)
-  local tenant = redis.call('HGET', job_key, 'tenant') or ''
-  local kind = redis.call('HGET', job_key, 'kind')
-  redis.call('ZADD', '%s' .. tenant .. ':jobs', score, id)
-  redis.call('ZADD', '%s' .. tenant .. ':status:queued', score, id)
-  redis.call('ZADD', '%s' .. tenant .. ':kind:' .. kind, score, id)
-  redis.call('LPUSH', queue, message)
-end
-""" % (_TENANT_PREFIX, _TENANT_PREFIX, _TENANT_PREFIX)
-
-
-def job_record_args(job: Job, message: str, *, workflow: str = "") -> tuple[list[str], list[str]]:
-    """(keys, args) for one ``create_job`` call: job key, queue, all/kind/queued indexes;
-    id, score, message, then the encoded field pairs (count first)."""
-    fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
-    fields["body_hash"] = ""
-    fields["queue_message"] = message
-    if workflow:
-        fields["workflow"] = workflow
-    flat = [item for pair in fields.items() for item in pair]
-    keys = [job_key(job.id), job.queue, INDEX_ALL, kind_index(job.kind), status_index(JobStatus.queued)]
-    return keys, [job.id, str(_score(job.created_at.timestamp())), message, str(len(flat)), *flat]
-
-
     # -- delete and manual review (each action one atomic call) ----------------------
 
     def _script(self, name: str, source: str):
@@ -1331,6 +1296,41 @@ def job_record_args(job: Job, message: str, *, workflow: str = "") -> tuple[list
         """Move entries of the old dead-letter list into the review set (once, after an upgrade)."""
         return int(self._script("adopt_legacy", _ADOPT_LEGACY)(
             keys=[LEGACY_DEADLETTER, DEADLETTER], args=[job_key(""), _TENANT_PREFIX]))
+
+
+# --- jobs created inside another owner's atomic call (workflow steps) ------------------
+
+# The same writes as _SUBMIT (record, indexes, message) as a Lua function, for a caller
+# whose own script creates jobs together with its own state (workflow_store.py). The
+# record's fields come from ``job_record_args``, so the format keeps one owner.
+# create_job(job key, queue, all index, kind index, queued index, id, score, message, fields)
+CREATE_JOB_LUA = """
+local function create_job(job_key, queue, all_index, kind_index, queued_index, id, score, message, fields)
+  redis.call('HSET', job_key, unpack(fields))
+  redis.call('ZADD', all_index, score, id)
+  redis.call('ZADD', queued_index, score, id)
+  redis.call('ZADD', kind_index, score, id)
+  local tenant = redis.call('HGET', job_key, 'tenant') or ''
+  local kind = redis.call('HGET', job_key, 'kind')
+  redis.call('ZADD', '%s' .. tenant .. ':jobs', score, id)
+  redis.call('ZADD', '%s' .. tenant .. ':status:queued', score, id)
+  redis.call('ZADD', '%s' .. tenant .. ':kind:' .. kind, score, id)
+  redis.call('LPUSH', queue, message)
+end
+""" % (_TENANT_PREFIX, _TENANT_PREFIX, _TENANT_PREFIX)
+
+
+def job_record_args(job: Job, message: str, *, workflow: str = "") -> tuple[list[str], list[str]]:
+    """(keys, args) for one ``create_job`` call: job key, queue, all/kind/queued indexes;
+    id, score, message, then the encoded field pairs (count first)."""
+    fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
+    fields["body_hash"] = ""
+    fields["queue_message"] = message
+    if workflow:
+        fields["workflow"] = workflow
+    flat = [item for pair in fields.items() for item in pair]
+    keys = [job_key(job.id), job.queue, INDEX_ALL, kind_index(job.kind), status_index(JobStatus.queued)]
+    return keys, [job.id, str(_score(job.created_at.timestamp())), message, str(len(flat)), *flat]
 
 
 def _message_age_s(raw: str | None) -> float | None:

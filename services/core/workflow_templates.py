@@ -2,9 +2,8 @@
 template, GET /v1/workflow-templates), the CLI and the docs all read it.
 
 A template turns its params (a model, like a kind's) into a workflow spec. A step
-whose kind is not registered in this build (``report`` and ``package_hls`` come with
-the media kinds) is left out of the spec; only leaf steps may be such, so what is left
-is still a whole workflow, and the step joins by itself once its kind is registered.
+whose kind is not registered in a build is left out of the spec; only leaf steps may
+be such, so what is left is still a whole workflow.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from renderfarm.core.kinds import KINDS
+from renderfarm.core.params import default_hls_ladder
 from renderfarm.core.workflows import FailurePolicy, WorkflowSpec
 
 
@@ -53,12 +53,30 @@ def _video_analysis(p: VideoAnalysisParams) -> list[dict[str, Any]]:
          "input": {"from": "extract_audio", "output": "audio.wav"}, "params": transcribe},
         {"name": "vision", "kind": "vision", "needs": ["transcode"], "input": working,
          "params": {"contact_sheet": p.contact_sheet}},
-        # The document export (the report kind's contract: input = the source video, params
-        # = references to the JSON outputs; probe writes no JSON output, so it is not passed).
+        # The document export: input = the source video, params = references to the
+        # JSON outputs of the analysis steps.
         {"name": "report", "kind": "report", "needs": ["probe", "thumbnail", "transcribe", "vision"],
-         "params": {"transcript": {"from": "transcribe", "output": "transcript.json"},
+         "params": {"probe": {"from": "probe", "output": "probe.json"},
+                    "transcript": {"from": "transcribe", "output": "transcript.json"},
                     "shots": {"from": "vision", "output": "shots.json"}}},
     ]
+
+
+def hls_ladder(heights: list[int]) -> list[dict[str, Any]]:
+    """The HLS rungs for ``heights``: the default ladder's bitrates where it has the
+    height, otherwise scaled by pixel count from the nearest rung below or above."""
+    rungs = {r.height: r for r in default_hls_ladder()}
+    ladder = []
+    for height in heights:
+        rung = rungs.get(height)
+        if rung is None:
+            near = min(rungs, key=lambda h: abs(h - height))
+            scale = (height / near) ** 2
+            rung = rungs[near].model_copy(update={"height": height, "name": f"{height}p",
+                                                  "video_bitrate_kbps": max(50, round(rungs[near].video_bitrate_kbps * scale))})
+        ladder.append({"height": rung.height, "video_bitrate_kbps": rung.video_bitrate_kbps,
+                       "audio_bitrate_kbps": rung.audio_bitrate_kbps})
+    return ladder
 
 
 def _publish(p: PublishParams) -> list[dict[str, Any]]:
@@ -68,9 +86,10 @@ def _publish(p: PublishParams) -> list[dict[str, Any]]:
         {"name": "transcode", "kind": "transcode", "params": {"renditions": [{"height": h} for h in heights]}},
         {"name": "thumbnails", "kind": "thumbnail", "needs": ["transcode"], "input": top,
          "params": {"count": p.thumbnails, "sprite": p.sprite, "sprite_columns": p.sprite_columns}},
-        # The HLS package of the ladder (package_hls, from the media kinds).
-        {"name": "package", "kind": "package_hls", "needs": ["transcode"], "input": top,
-         "params": {"renditions": [{"from": "transcode", "output": f"{h}p.mp4"} for h in heights]}},
+        # The HLS package encodes its own ladder from the source (segment-aligned keyframes
+        # need their own encode); it waits for the MP4 ladder only so a failed source fails once.
+        {"name": "package", "kind": "package_hls", "needs": ["transcode"],
+         "params": {"renditions": hls_ladder(heights)}},
     ]
 
 

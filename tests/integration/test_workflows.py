@@ -296,3 +296,27 @@ def test_beat_advances_a_workflow_whose_worker_died_as_the_step_ended(rf_setting
     time.sleep(2.5)  # more beat passes change nothing
     assert workflows.get(record.id).version == 2 and store.redis.zcard(kind_index("probe")) == 2
     assert store.redis.zcard(WORKFLOW_DUE) == 0
+
+
+def test_a_step_job_is_deleted_and_requeued_only_through_its_workflow(api, rf_settings_env, procs, data_dir, store):
+    """A step's job deleted or requeued on its own would leave its workflow waiting
+    for a record that is gone, or running a step it does not know about."""
+    broken = data_dir / "inputs" / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    procs.append(start_worker(rf_settings_env, concurrency=1))
+    flow = submit(api, {"input": broken.as_uri(), "steps": [{"name": "probe", "kind": "probe"}]})
+    failed = wait_done(api, flow["id"])
+    job_id = steps_of(failed)["probe"]["job_id"]
+    assert job(api, job_id)["status"] == "failed"
+    review = api.get("/v1/review", headers=AUTH).json()
+    assert [item["job"]["id"] for item in review["items"]] == [job_id]  # failed for good: in review
+
+    deleted = api.delete(f"/v1/jobs/{job_id}", headers=AUTH)
+    assert deleted.status_code == 409, deleted.text
+    assert deleted.json()["error"]["details"]["workflow_id"] == flow["id"]
+    requeued = api.post(f"/v1/review/{job_id}/requeue", headers=AUTH)
+    assert requeued.status_code == 409, requeued.text
+    bulk = api.post("/v1/review:requeue", headers=AUTH, json={"kind": "probe"})
+    assert bulk.status_code == 200 and bulk.json()["requeued"] == []
+    assert job(api, job_id)["status"] == "failed"  # untouched by all three
+    assert get(api, flow["id"])["status"] == "failed"

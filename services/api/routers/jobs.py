@@ -245,6 +245,10 @@ def delete_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(sto
     """A running job is 409: cancel it, wait for ``cancelled``, then delete. Afterwards
     the job is 404 everywhere (a second delete too)."""
     job = _get(store_, job_id, tenant)
+    if (workflow := store_.workflow_of(job_id)) is not None:
+        # Its workflow would wait forever for a step whose record is gone.
+        raise ApiError(409, "conflict", f"job is a step of workflow {workflow}; it goes when its workflow expires",
+                       {"workflow_id": workflow})
     if job.status in (JobStatus.queued, JobStatus.retrying):
         try:
             job = store_.transition(job_id, JobStatus.cancelled, fields={

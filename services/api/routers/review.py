@@ -114,6 +114,8 @@ def requeue_job(job_id: str, body: RequeueRequest | None = Body(default=None), k
         raise _not_found(job_id) from None
     except NotInReview as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    except review.StepOfWorkflow as exc:
+        raise ApiError(409, "conflict", str(exc), {"workflow_id": exc.workflow_id}) from None
     except ValidationError as exc:
         details = [{"field": "params." + ".".join(str(p) for p in err["loc"]), "message": err["msg"],
                     "type": err["type"]} for err in exc.errors()]
