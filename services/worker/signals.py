@@ -8,6 +8,7 @@ import os
 from celery.signals import task_postrun, task_prerun, worker_process_init
 
 from renderfarm.core import tracing
+from renderfarm.worker import gpu_memory
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -23,6 +24,15 @@ def _warm_up(**_kwargs) -> None:
     if warm_up is not None:
         warm_up(get_settings())
         log.info("pool %s: warm-up started in process %s", pool, os.getpid())
+    _publish_gpu_memory()
+
+
+@task_postrun.connect
+def _publish_gpu_memory(**_kwargs) -> None:
+    try:
+        gpu_memory.publish()
+    except OSError as exc:  # a gauge, never a reason to fail the task
+        log.warning("GPU memory not published: %s", exc)
 
 
 # One span per run, in the trace the API's publish started (its traceparent header).
@@ -42,7 +52,7 @@ def _start_run_span(task_id=None, task=None, args=None, **_kwargs) -> None:
     kind = task.name.rsplit(".", 1)[-1]
     queue = (request.delivery_info or {}).get("routing_key", "")
     span = tracing.tracer().start_span(f"run {kind}", context=parent, kind=SpanKind.CONSUMER, attributes={
-        "rf.job_id": (args or [""])[0], "rf.kind": kind, "rf.queue": queue})
+        "renderfarm.job_id": (args or [""])[0], "renderfarm.kind": kind, "renderfarm.queue": queue})
     token = context.attach(tracing.trace.set_span_in_context(span))
     _runs[task_id] = (span, token)
 
@@ -55,6 +65,6 @@ def _end_run_span(task_id=None, state=None, **_kwargs) -> None:
     from opentelemetry import context
 
     span, token = entry
-    span.set_attribute("rf.celery_state", str(state))
+    span.set_attribute("renderfarm.celery_state", str(state))
     span.end()
     context.detach(token)
