@@ -1,66 +1,32 @@
 """Tracing: one job's spans (API request, publish, worker run, ffprobe/ffmpeg) share
-one trace across the API and worker processes, exported over OTLP/HTTP to a
-receiver in the test (it decodes the protobuf export requests with
-opentelemetry-proto). Without an OTLP endpoint no SDK is set up."""
+one trace across the API and worker processes, exported over OTLP/HTTP to a real
+OpenTelemetry Collector (built from Go modules: tests/support/otelcol.py), whose
+file exporter the test reads. A retried job's runs are linked. Without an OTLP
+endpoint no SDK is set up."""
 
 from __future__ import annotations
 
-import gzip
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from renderfarm.core.apikeys import ALL_SCOPES, create_api_key
 from tests.support.flaky import FlakyServer
 from tests.support.media import make_clip
+from tests.support.otelcol import Collector
 from tests.support.procs import RedisServer, rf_env, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class OtlpReceiver:
-    def __init__(self) -> None:
-        self.spans: list[dict] = []
-        spans = self.spans
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    raw = gzip.decompress(raw)
-                request = ExportTraceServiceRequest.FromString(raw)
-                for resource_spans in request.resource_spans:
-                    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-                    for scope in resource_spans.scope_spans:
-                        for span in scope.spans:
-                            attrs = {a.key: (a.value.string_value or a.value.int_value) for a in span.attributes}
-                            links = [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
-                                      "attrs": {a.key: a.value.string_value for a in link.attributes}}
-                                     for link in span.links]
-                            spans.append({"name": span.name, "trace_id": span.trace_id.hex(),
-                                          "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
-                                          "service": service, "attrs": attrs, "links": links})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def collector(tmp_path):
+    running = Collector(tmp_path / "otelcol")
+    yield running
+    running.close()
 
 
-def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
-    receiver = OtlpReceiver()
+def test_one_jobs_spans_share_a_trace_across_processes(tmp_path, collector):
+    receiver = collector
     redis_server = RedisServer(tmp_path / "redis").start()
     data_dir = tmp_path / "farm"
     env = rf_env(redis_server.url, data_dir, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
@@ -106,14 +72,13 @@ def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
         for proc in reversed(started):
             proc.stop()
         redis_server.stop()
-        receiver.close()
 
 
-def test_a_retried_job_runs_twice_in_its_trace_and_the_second_run_links_to_the_first(tmp_path):
+def test_a_retried_job_runs_twice_in_its_trace_and_the_second_run_links_to_the_first(tmp_path, collector):
     """A job whose input fails once (503: transient) and then succeeds: two `run probe`
     spans, attempts 1 and 2, both children of the API's publish in the job's one trace,
     and the second carries a span link to the first (the store kept its context)."""
-    receiver = OtlpReceiver()
+    receiver = collector
     redis_server = RedisServer(tmp_path / "redis").start()
     data_dir = tmp_path / "farm"
     clip = make_clip(data_dir / "inputs" / "clip.mp4", duration=1, width=160, height=120)
@@ -153,7 +118,6 @@ def test_a_retried_job_runs_twice_in_its_trace_and_the_second_run_links_to_the_f
             proc.stop()
         flaky.close()
         redis_server.stop()
-        receiver.close()
 
 
 def test_without_an_endpoint_no_sdk_is_set_up(monkeypatch):
