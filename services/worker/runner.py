@@ -236,7 +236,8 @@ def _end_attempt(store: JobStore, kind: JobKind, job: Job, token: str, error: Jo
     try:
         if should_retry(kind.retry, error.type, retries_done):
             delay = retry_delay(kind.retry, retries_done, random.random())
-            _through_redis_restarts(store.schedule_retry, job.id, token, job_message(kind, job, trace_headers=tracing.requeue_headers()), delay, {
+            message = job_message(kind, job, trace_headers=tracing.requeue_headers())
+            _through_redis_restarts(store.schedule_retry, job.id, token, message, delay, {
                 "error": error, "stage": "retrying",
                 "message": f"retry {retries_done + 1} of {kind.retry.max_retries} in {delay:.1f} s",
             })
