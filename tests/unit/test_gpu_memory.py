@@ -1,8 +1,9 @@
 """GPU memory gauges: absent without CUDA, summed over live pool processes with it.
 
-This machine has no GPU, so the CUDA path of ``sample`` is exercised on the device
-machine (see the report of the issue); here: the CPU path with the real torch, the
-files the pool children write, and the families the worker exports."""
+Here: the CPU path of ``sample`` with the real torch, the files the pool children
+write, and the families the worker exports. The CUDA numbers themselves
+(memory_allocated / memory_reserved per device) need a GPU, which these machines
+do not have."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from renderfarm.worker import gpu_memory
 from renderfarm.worker.bootsteps import gpu_memory_families
 
 
 def test_without_cuda_there_is_nothing_to_sample_and_nothing_is_published(tmp_path):
-    torch = pytest.importorskip("torch")  # the gpu pools' dependency; installed with the project
-    assert not torch.cuda.is_available(), "this test proves the CPU path"
-    assert gpu_memory.sample(torch) == []
-    gpu_memory.publish(tmp_path / "samples")
-    assert not (tmp_path / "samples").exists()
-    assert gpu_memory_families("gpu-vision", "w", gpu_memory.totals(tmp_path / "samples")) == []
+    # A fresh process with the real torch (the gpu pools' dependency): on a machine
+    # without CUDA, and on one with CUDA whose process never initialised it, there is
+    # no GPU memory of its own to report, and nothing is published.
+    samples = tmp_path / "samples"
+    code = ("import sys, torch; from pathlib import Path; from renderfarm.worker import gpu_memory; "
+            "assert gpu_memory.sample(torch) == []; assert gpu_memory.sample() == []; "
+            "assert not torch.cuda.is_initialized(); gpu_memory.publish(Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", code, str(samples)], check=True)
+    assert not samples.exists()
+    assert gpu_memory.totals(samples) == []
+    assert gpu_memory_families("gpu-vision", "w", gpu_memory.totals(samples)) == []
 
 
 def test_a_process_that_never_imported_torch_is_not_made_to():
