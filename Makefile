@@ -13,7 +13,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt |
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint monitoring
+.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint monitoring otelcol
 
 help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground; MONITORING=1 adds Prometheus and Alertmanager"
@@ -47,7 +47,7 @@ install: system-deps $(INSTALL_STAMP)
 run: install
 	$(VENV)/bin/renderfarm local $(if $(MONITORING),--monitoring)
 
-test: install k8s-tools node-tools images
+test: install k8s-tools node-tools images otelcol
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-fast: install
@@ -77,6 +77,10 @@ chart-lint: k8s-tools
 
 bench-scale: install
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_scale.py
+
+# The OpenTelemetry Collector the tracing tests export to, from Go modules (no-op when cached).
+otelcol:
+	bash tests/otelcol/build.sh >/dev/null
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -53,7 +53,7 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
-from renderfarm.core.metrics_store import OUTCOMES  # noqa: E402
+from renderfarm.core.metrics_store import OUTCOMES, parse_outcomes  # noqa: E402
 from tests.support.media import make_clip  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     PYTHON,
@@ -905,10 +905,10 @@ class Bench:
 
     def _rf_worker(self) -> tuple[ServiceProcess, Callable[[], int]]:
         worker = self.start_rf_worker(wait=False)
-        field_ok, field_failed = "probe|cpu.normal|succeeded", "probe|cpu.normal|failed"
-
         def done() -> int:
-            ok, failed = self.redis.hmget(OUTCOMES, field_ok, field_failed)
+            counts = parse_outcomes(self.redis.hgetall(OUTCOMES))
+            ok, failed = (sum(n for key, n in counts.items() if (key.kind, key.queue, key.status) ==
+                              ("probe", "cpu.normal", status)) for status in ("succeeded", "failed"))
             if failed:
                 raise RuntimeError(f"{failed} probe jobs failed; worker log:\n{worker.log()[-2000:]}")
             return int(ok or 0)
@@ -986,7 +986,7 @@ class Bench:
         summary = {
             "concurrency": self.config.concurrency,
             "submitted_via": "JobStore.submit (new_job + job_message), queue pre-filled before the worker starts",
-            "completion": "rf:metrics:outcomes 'probe|cpu.normal|succeeded' vs a Redis INCR counter in the bare task",
+            "completion": "rf:metrics:outcomes (probe, cpu.normal, succeeded) vs a Redis INCR counter in the bare task",
             "rate_metric": "steady_rps: completions per second over a window from skip_s after the first "
                            "completion (or 10% done) to window_s later (or 90% done)",
             "bare_noop": noop,

@@ -10,7 +10,8 @@ For each queue of every pool, one pipeline (no MULTI) carries:
   the pods that are busy (the scale-in choice);
 
 plus SMEMBERS of the paused queues and HGETALL of the outcome counters
-(``rf:metrics:outcomes``, "kind|queue|status" -> count) for completion rates.
+(``rf:metrics:outcomes``, whose format renderfarm.core.metrics_store owns) for
+completion rates.
 
 A failed read is "unknown", never 0: the snapshot says ``ok=False`` (or a queue is
 missing from ``queues``) and the policy keeps the pool's size.
@@ -25,12 +26,10 @@ from typing import Iterable, Mapping
 
 import redis
 
-from renderfarm.core.metrics_store import OUTCOMES
+from renderfarm.core.metrics_store import OUTCOMES, finished_by_queue
 from renderfarm.core.queues import redis_list_keys
 from renderfarm.core.store import PAUSED, inflight_key
 from renderfarm.core.workers import pod_of
-
-TERMINAL_OUTCOMES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Snapshot:
     error: str = ""
     queues: Mapping[str, QueueReading] = field(default_factory=dict)  # a queue that failed is absent
     paused: frozenset[str] = frozenset()
-    outcomes: Mapping[str, int] = field(default_factory=dict)
+    outcomes: Mapping[str, object] = field(default_factory=dict)  # the raw outcome hash (field -> count)
     duration_s: float = 0.0
     round_trips: int = 0
 
@@ -55,12 +54,7 @@ class Snapshot:
 
     def completed(self) -> dict[str, int]:
         """Finished jobs per queue (cumulative counters)."""
-        out: dict[str, int] = {}
-        for key, count in self.outcomes.items():
-            parts = key.split("|")
-            if len(parts) == 3 and parts[2] in TERMINAL_OUTCOMES:
-                out[parts[1]] = out.get(parts[1], 0) + count
-        return out
+        return finished_by_queue(self.outcomes)
 
 
 class QueueReader:
@@ -97,13 +91,7 @@ class QueueReader:
                 continue
             readings[name] = QueueReading(backlog=sum(int(n) for n in chunk[:-1]), in_flight=dict(chunk[-1]))
         paused = frozenset() if isinstance(paused_raw, Exception) else frozenset(paused_raw)
-        outcomes: dict[str, int] = {}
-        if not isinstance(outcomes_raw, Exception):
-            for key, value in outcomes_raw.items():
-                try:
-                    outcomes[key] = int(value)
-                except (TypeError, ValueError):
-                    continue
+        outcomes = {} if isinstance(outcomes_raw, Exception) else dict(outcomes_raw)
         return Snapshot(taken_at=taken_at, ok=True, error="; ".join(errors), queues=readings, paused=paused,
                         outcomes=outcomes, duration_s=time.perf_counter() - started, round_trips=1)
 

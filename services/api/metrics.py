@@ -9,8 +9,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from renderfarm.core.kinds import KINDS
-from renderfarm.core.metrics_store import (ORPHAN_RECOVERIES, OUTCOME_STATUSES, OUTCOMES, WEBHOOK_DELIVERIES,
-                                           WEBHOOK_RESULTS, cumulative_buckets, duration_key)
+from renderfarm.core.metrics_store import (FAILURE_TYPES, NO_ERROR, ORPHAN_RECOVERIES, OUTCOME_STATUSES, OUTCOMES,
+                                           QUEUE_WAIT_BUCKETS_S, RETRIES, WEBHOOK_DELIVERIES, WEBHOOK_RESULTS,
+                                           OutcomeKey, cumulative_buckets, duration_key, parse_outcomes,
+                                           parse_retries, queue_wait_key)
+from renderfarm.core.retry import RETRYABLE_ERROR_TYPES
 from renderfarm.core.queues import all_queues, parse_queue_name, pool_queues
 from renderfarm.core.review import bounded_backlog
 from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, WEBHOOKS, JobStore
@@ -34,7 +37,11 @@ class FarmCollector:
             pipe.zcount(WEBHOOKS, "-inf", time.time())
             pipe.hgetall(WEBHOOK_DELIVERIES)
             pipe.get(ORPHAN_RECOVERIES)
-            dead_letter, beat_up, webhooks_due, webhook_results, orphans = pipe.execute()
+            pipe.hgetall(RETRIES)
+            queue_names = all_queues()
+            for queue in queue_names:
+                pipe.hgetall(queue_wait_key(queue))
+            dead_letter, beat_up, webhooks_due, webhook_results, orphans, retries, *waits = pipe.execute()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -61,14 +68,31 @@ class FarmCollector:
         family.add_metric([], float(orphans or 0))
         yield family
 
-        outcome_family = CounterMetricFamily(f"{NAMESPACE}_job_outcomes", "Finished jobs by kind, queue and status",
-                                             labels=["kind", "queue", "status"])
+        outcome_family = CounterMetricFamily(f"{NAMESPACE}_job_outcomes",
+                                             "Finished jobs by kind, queue, status and error type (failures)",
+                                             labels=["kind", "queue", "status", "error_type"])
         pairs = set()
-        for (kind, queue, status), count in sorted(outcome_counts(outcomes).items()):
-            outcome_family.add_metric([kind, queue, status], count)
+        for key, count in sorted(outcome_counts(outcomes).items()):
+            outcome_family.add_metric([key.kind, key.queue, key.status, key.error_type], count)
             if count:
-                pairs.add((kind, queue))
+                pairs.add((key.kind, key.queue))
         yield outcome_family
+
+        retry_family = CounterMetricFamily(f"{NAMESPACE}_job_retries", "Retries scheduled, by kind, its pool and "
+                                           "the error type that caused them", labels=["kind", "pool", "error_type"])
+        for (kind, pool, error_type), count in sorted(retry_counts(retries).items()):
+            retry_family.add_metric([kind, pool, error_type], count)
+        yield retry_family
+
+        wait_family = HistogramMetricFamily(f"{NAMESPACE}_queue_wait_seconds", "Time from enqueue to a worker "
+                                            "starting the job, by the queue it was taken from",
+                                            labels=["queue", "pool", "priority"])
+        for queue, raw in zip(queue_names, waits):
+            if raw:
+                pool, priority = parse_queue_name(queue)
+                wait_family.add_metric([queue, pool.value, priority.value],
+                                       cumulative_buckets(raw, QUEUE_WAIT_BUCKETS_S), float(raw.get("sum", 0)))
+        yield wait_family
 
         durations = HistogramMetricFamily(f"{NAMESPACE}_job_duration_seconds", "Job run time by kind and queue",
                                           labels=["kind", "queue"])
@@ -92,15 +116,27 @@ class FarmCollector:
         yield up_workers
 
 
-def outcome_counts(raw: dict[str, str]) -> dict[tuple[str, str, str], float]:
+def outcome_counts(raw: dict[str, str]) -> dict[OutcomeKey, float]:
     """Pure: Redis outcome fields -> counts, with every registered kind, queue of its
-    pool and final status present from the start (0): bounded by the registry, and a
-    rate over a kind's first failure is not lost to a series that appears at 1."""
-    counts = {(kind.name, queue, status): 0.0
-              for kind in KINDS.values() for queue in pool_queues(kind.workload) for status in OUTCOME_STATUSES}
-    for field, count in raw.items():
-        kind, queue, status = field.split("|")
-        counts[(kind, queue, status)] = float(count)
+    pool, final status and (for failures) error type present from the start (0):
+    bounded by the registry and the error-type enum, and a rate over a kind's first
+    failure is not lost to a series that appears at 1."""
+    counts = {OutcomeKey(kind.name, queue, status, error_type): 0.0
+              for kind in KINDS.values() for queue in pool_queues(kind.workload) for status in OUTCOME_STATUSES
+              for error_type in (FAILURE_TYPES if status == "failed" else (NO_ERROR,))}
+    for key, count in parse_outcomes(raw).items():
+        counts[key] = float(count)
+    return counts
+
+
+def retry_counts(raw: dict[str, str]) -> dict[tuple[str, str, str], float]:
+    """Pure: (kind, pool, error type) -> retries, every kind's retryable error types
+    present from the start (0); kinds not in the registry are dropped (bounded)."""
+    counts = {(kind.name, kind.workload.value, error_type.value): 0.0
+              for kind in KINDS.values() for error_type in sorted(RETRYABLE_ERROR_TYPES)}
+    for (kind, error_type), count in parse_retries(raw).items():
+        if kind in KINDS:
+            counts[(kind, KINDS[kind].workload.value, error_type)] = float(count)
     return counts
 
 

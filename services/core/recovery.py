@@ -35,17 +35,22 @@ def end_lost_run(store: JobStore, state: RunState, error_type: ErrorType, messag
         if should_retry(kind.retry, error_type, state.retries_done):
             updated = store.transition(
                 job.id, JobStatus.retrying, token=state.token or None, lapsed_before=lapsed_before,
-                requeue_message=job_message(kind, job),
+                # In the lost run's trace (as its child: whoever recovers it need not trace at all).
+                requeue_message=job_message(kind, job, trace_headers={"traceparent": state.run_span}
+                                            if state.run_span else None),
                 due_at=None if requeue_after_s is None else time.time() + requeue_after_s,
                 fields={"error": JobError(type=error_type, message=message, retryable=True),
                         "stage": "requeued", "message": message})
+            pipe = store.redis.pipeline(transaction=False)
+            metrics_store.record_retry(pipe, job.kind, error_type)
+            pipe.execute()
         else:
             updated = store.transition(
                 job.id, JobStatus.failed, token=state.token or None, lapsed_before=lapsed_before, dead_letter=True,
                 fields={"error": JobError(type=error_type, message=message, retryable=False),
                         "stage": "failed", "message": message, "finished_at": datetime.now(timezone.utc)})
             pipe = store.redis.pipeline(transaction=False)
-            metrics_store.record_outcome(pipe, job.kind, job.queue, JobStatus.failed.value, None)
+            metrics_store.record_outcome(pipe, job.kind, job.queue, JobStatus.failed.value, None, error_type)
             pipe.execute()
     except (StaleAttempt, LeaseAlive, TransitionConflict):
         return None

@@ -201,7 +201,7 @@ def decode_job(raw: dict[str, str]) -> Job:
 
 
 _INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base",
-                    "workflow")
+                    "workflow", "enqueued_at", "run_span")
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -216,6 +216,8 @@ class RunState:
     token: str  # the live attempt's ('' when the job is not running)
     budget_base: int
     last_token: str = ""  # the attempt that last left "running"
+    enqueued_at: float | None = None  # when its message was last queued (a retry's due time); None: at creation
+    run_span: str = ""  # the trace context (traceparent) of the job's latest run, '' when it was not traced
 
     @property
     def retries_done(self) -> int:
@@ -225,7 +227,9 @@ class RunState:
 
 def decode_run(raw: dict[str, str]) -> RunState:
     return RunState(job=decode_job(raw), token=raw.get("attempt", ""), budget_base=int(raw.get("budget_base") or 0),
-                    last_token=raw.get("last_attempt", ""))
+                    last_token=raw.get("last_attempt", ""),
+                    enqueued_at=float(raw["enqueued_at"]) if raw.get("enqueued_at") else None,
+                    run_span=raw.get("run_span", ""))
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class Claim:
     detail: str = ""
     token: str = ""
     state: RunState | None = None
+    previous_span: str = ""  # the trace context the job's previous attempt ran in ('' when none was traced)
 
 
 # --- Lua scripts ---------------------------------------------------------------
@@ -358,7 +363,7 @@ if ARGV[2] == 'cancelled' and current == 'queued' and queue then
 end
 if ARGV[2] ~= 'retrying' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[1], 'queue_message', ARGV[6])
+  redis.call('HSET', KEYS[1], 'queue_message', ARGV[6], 'enqueued_at', ARGV[7] ~= '' and ARGV[7] or ARGV[12])
   if ARGV[7] ~= '' then
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
   else
@@ -375,7 +380,8 @@ return {'ok', current, redis.call('HGETALL', KEYS[1])}
 # and only within the attempt budget.
 # KEYS: job, all index, leases, delayed, events channel, status indexes...
 # ARGV: 1 id, 2 worker, 3 now (epoch s), 4 new token, 5 lease until, 6 max attempts,
-#       7 in-flight key prefix, 8 event time (ISO)
+#       7 in-flight key prefix, 8 event time (ISO), 9 this run's trace context ('' = untraced)
+# A run's trace context stays on the job (run_span), so the next attempt can link to it.
 _CLAIM = _STATUS_LUA + _EVENT_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'skip', 'missing'} end
@@ -393,8 +399,9 @@ local queue = redis.call('HGET', KEYS[1], 'queue')
 local previous = redis.call('HGET', KEYS[1], 'worker')
 if status == 'running' and queue and previous then redis.call('HDEL', ARGV[7] .. queue, ARGV[1]) end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local previous_span = redis.call('HGET', KEYS[1], 'run_span') or ''
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_at', ARGV[3], 'stage', 'starting',
-           'progress', '0', 'attempt', ARGV[4])
+           'progress', '0', 'attempt', ARGV[4], 'run_span', ARGV[9] or '')
 redis.call('HDEL', KEYS[1], 'queue_message')
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0
 redis.call('ZREM', status_key(status, 6), ARGV[1])
@@ -404,7 +411,7 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HSET', ARGV[7] .. queue, ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 publish_event(KEYS[1], KEYS[5], ARGV[1], ARGV[8])
-return {'run', status, redis.call('HGETALL', KEYS[1])}
+return {'run', status, redis.call('HGETALL', KEYS[1]), previous_span}
 """
 
 # The run renews its lease; 0 tells it that it is no longer the live attempt (cancelled,
@@ -853,18 +860,21 @@ class JobStore:
     def promote_due_retries(self, limit: int = 100) -> int:
         return int(self._promote_due(keys=[DELAYED], args=[repr(_now()), limit, job_key("")]))
 
-    def claim(self, job_id: str, worker: str, *, max_attempts: int, lease_s: float, pid: int | None = None) -> Claim:
+    def claim(self, job_id: str, worker: str, *, max_attempts: int, lease_s: float, pid: int | None = None,
+              span_context: str = "") -> Claim:
         """A worker process takes a delivered job (see _CLAIM). On ``run`` the answer
-        carries the attempt token that every later write of the run must name."""
+        carries the attempt token that every later write of the run must name, and the
+        previous attempt's trace context (``span_context`` is this run's)."""
         now = _now()
         token = new_attempt_token(pid if pid is not None else os.getpid())
         reply = self._claim(
             keys=[job_key(job_id), INDEX_ALL, LEASES, DELAYED, events_channel(job_id), *self._STATUS_KEYS],
-            args=[job_id, worker, repr(now), token, repr(now + lease_s), max_attempts, INFLIGHT_PREFIX, _iso_now()],
+            args=[job_id, worker, repr(now), token, repr(now + lease_s), max_attempts, INFLIGHT_PREFIX, _iso_now(),
+                  span_context],
         )
         outcome = reply[0]
         if outcome == "run":
-            return Claim("run", reply[1], token, decode_run(_pairs(reply[2])))
+            return Claim("run", reply[1], token, decode_run(_pairs(reply[2])), previous_span=reply[3])
         if outcome == "lost":
             return Claim("lost", "lease lapsed, attempts spent", reply[1], decode_run(_pairs(reply[2])))
         return Claim(outcome, reply[1])

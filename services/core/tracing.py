@@ -93,3 +93,36 @@ def traced(name: str):
         return wrapper
 
     return decorate
+
+
+def current_traceparent() -> str:
+    """The current span's context as a W3C ``traceparent`` ('' when nothing is traced)."""
+    return inject().get("traceparent", "")
+
+
+def mark_attempt(attempt: int, previous_traceparent: str = "") -> None:
+    """Tag the current (run) span with its attempt number and link it to the span the
+    job's previous attempt ran in: a retry or requeue is a new span, not a child of
+    the old one, and the link keeps the attempts connected."""
+    if not _active:
+        return
+    current = trace.get_current_span()
+    current.set_attribute("renderfarm.attempt", attempt)
+    if previous_traceparent:
+        previous = trace.get_current_span(extract({"traceparent": previous_traceparent})).get_span_context()
+        if previous.is_valid:
+            current.add_link(previous, {"renderfarm.link": "previous_attempt"})
+
+
+def requeue_headers() -> dict[str, str]:
+    """Trace headers for the message that re-runs the job of the current run: the run
+    span's own parent (the API's publish), so the next attempt is a sibling of this one
+    in the job's trace (and links back to it); {} while nothing is traced."""
+    if not _active:
+        return {}
+    current = trace.get_current_span()
+    parent = getattr(current, "parent", None)  # SDK spans know their parent's context
+    target = parent if parent is not None and parent.is_valid else current.get_span_context()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(target)))
+    return carrier

@@ -25,6 +25,8 @@ WAIT_TARGET_S: dict[Priority, int] = {
 }
 FAILURE_RATIO = 0.2  # failed / (failed + succeeded) of a kind over 10 minutes
 WEBHOOK_FAILURE_RATIO = 0.5
+RETRY_RATIO = 0.5  # retries per finished job of a kind over 15 minutes
+QUEUE_WAIT_QUANTILE = 0.95  # of jobs that started, per queue, over 15 minutes, against WAIT_TARGET_S
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ def _oldest_wait_expr() -> str:
         f" > {WAIT_TARGET_S[p]}"
         for p in PRIORITY_ORDER)
     return f"(\n  {per_priority}\n)\nunless on (namespace, queue) (max by (namespace, queue) (renderfarm_queue_paused) == 1)"
+
+
+def _queue_wait_expr() -> str:
+    # Every API replica exports the same buckets; a sum over them scales all buckets alike,
+    # which leaves the quantile unchanged.
+    return "\nor ".join(
+        f"histogram_quantile({QUEUE_WAIT_QUANTILE}, sum by (namespace, queue, pool, priority, le) "
+        f'(rate(renderfarm_queue_wait_seconds_bucket{{priority="{p.value}"}}[15m]))) > {WAIT_TARGET_S[p]}'
+        for p in PRIORITY_ORDER)
 
 
 ALERTS: tuple[Alert, ...] = (
@@ -151,6 +162,27 @@ ALERTS: tuple[Alert, ...] = (
         summary="Most webhook deliveries fail",
         description=(f"More than {WEBHOOK_FAILURE_RATIO:.0%} of webhook attempts were not delivered over 10 minutes, "
                      "for 10 minutes; receivers are down or refuse the signature."),
+    ),
+    Alert(
+        name="RenderfarmRetriesHigh",
+        expr=("sum by (namespace, kind) (rate(renderfarm_job_retries_total[15m]))\n"
+              "/ sum by (namespace, kind) (rate(renderfarm_job_outcomes_total{status=~\"failed|succeeded\"}[15m]))\n"
+              f"> {RETRY_RATIO}"),
+        for_="10m", severity="warning",
+        summary="Jobs of kind {{ $labels.kind }} need many retries",
+        description=(f"Over 15 minutes {{{{ $labels.kind }}}} jobs were retried more than {RETRY_RATIO} times per "
+                     "finished job, for 10 minutes (or retried while none finished): transient errors, timeouts, "
+                     "out-of-memory or lost workers; the per-pool dashboard shows which error type."),
+    ),
+    Alert(
+        name="RenderfarmQueueWaitHigh",
+        expr=_queue_wait_expr(),
+        for_="10m", severity="warning",
+        summary="Jobs of queue {{ $labels.queue }} start late",
+        description=(f"The {QUEUE_WAIT_QUANTILE:.0%} quantile of the time from enqueue to start of the jobs "
+                     "taken from {{ $labels.queue }} over 15 minutes has been above the target of priority "
+                     "{{ $labels.priority }} for 10 minutes ("
+                     + ", ".join(f"{p.value} {WAIT_TARGET_S[p]}s" for p in PRIORITY_ORDER) + ")."),
     ),
     Alert(
         name="RenderfarmPoolScaleNotApplied",

@@ -3,7 +3,7 @@ per job kind. Variables: datasource, namespace, pool, kind; no job-id panels.
 
 Farm-wide series come from every API replica alike, so queries take ``max by`` over
 the replicas before any sum. Each panel's queries are checked against a live farm
-(tests/e2e/test_monitoring_live.py): a query naming a missing series fails there.
+(tests/k8s/test_monitoring_live.py): a query naming a missing series fails there.
 """
 
 from __future__ import annotations
@@ -71,15 +71,20 @@ def _dashboard(uid: str, title: str, description: str, panels: list) -> Dashboar
     ).auto_panel_ids()
 
 
+# Outcome series carry error_type too: each API replica's copy is one series per
+# (kind, queue, status, error_type), so the max over replicas keeps all four labels.
+_OUTCOME_SERIES = "kind, queue, status, error_type"
+
+
 def _outcome_rate(by: str, status: str = "") -> str:
     status_sel = f', status="{status}"' if status else ""
-    return (f"sum by ({by}) (max by (kind, queue, status) "
+    return (f"sum by ({by}) (max by ({_OUTCOME_SERIES}) "
             f"(rate(renderfarm_job_outcomes_total{{{KIND}{status_sel}}}[$__rate_interval])))")
 
 
 def _failure_ratio(by: str) -> str:
     failed = _outcome_rate(by, "failed")
-    finished = (f"sum by ({by}) (max by (kind, queue, status) "
+    finished = (f"sum by ({by}) (max by ({_OUTCOME_SERIES}) "
                 f'(rate(renderfarm_job_outcomes_total{{{KIND}, status=~"failed|succeeded"}}[$__rate_interval])))')
     return f"{failed}\n/ {finished}"
 
@@ -87,6 +92,11 @@ def _failure_ratio(by: str) -> str:
 def _duration_quantile(q: float, by: str) -> str:
     return (f"histogram_quantile({q}, sum by ({by}, le) (max by (kind, queue, le) "
             f"(rate(renderfarm_job_duration_seconds_bucket{{{KIND}}}[$__rate_interval]))))")
+
+
+def _queue_wait_quantile(q: float) -> str:
+    return (f"histogram_quantile({q}, sum by (queue, le) (max by (queue, le) "
+            f"(rate(renderfarm_queue_wait_seconds_bucket{{{POOL}}}[$__rate_interval]))))")
 
 
 def overview() -> Dashboard:
@@ -146,6 +156,14 @@ def per_pool() -> Dashboard:
         _series("Worker concurrency and busy slots",
                 [(f"sum by (pool) (renderfarm_worker_concurrency{{{POOL}}})", "{{pool}} slots"),
                  (f"sum by (pool) (renderfarm_worker_busy{{{POOL}}})", "{{pool}} busy")]),
+        _series("Retries by kind and error type",
+                [(f"sum by (kind, error_type) (max by (kind, pool, error_type) (rate(renderfarm_job_retries_total"
+                  f'{{{POOL}, kind=~"$kind"}}[$__rate_interval])))', "{{kind}} {{error_type}}")],
+                unit="ops", stacked=True,
+                description="Retries scheduled (by the run, or for a lost run), by the error that caused them."),
+        _series("Queue wait p50 / p95 by queue",
+                [(_queue_wait_quantile(0.5), "{{queue}} p50"), (_queue_wait_quantile(0.95), "{{queue}} p95")],
+                unit="s", description="Enqueue (or a retry falling due) to a worker starting the job."),
     ])
 
 
@@ -157,6 +175,8 @@ def per_kind() -> Dashboard:
         _series("Failure rate by kind", [(_failure_ratio("kind"), "{{kind}}")], unit="percentunit"),
         _series("Finished by kind and status", [(_outcome_rate("kind, status"), "{{kind}} {{status}}")],
                 unit="ops", stacked=True),
+        _series("Failures by error type", [(_outcome_rate("kind, error_type", "failed"), "{{kind}} {{error_type}}")],
+                unit="ops", stacked=True, description="Failed for good, by the error type on the job."),
         _series("Duration p50 / p95 by kind",
                 [(_duration_quantile(0.5, "kind"), "{{kind}} p50"), (_duration_quantile(0.95, "kind"), "{{kind}} p95")],
                 unit="s"),

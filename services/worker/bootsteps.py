@@ -19,7 +19,7 @@ from celery import bootsteps
 
 from renderfarm.core.queues import pool_queues
 from renderfarm.core.settings import get_settings
-from renderfarm.worker import identity
+from renderfarm.worker import gpu_memory, identity
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -41,6 +41,22 @@ def reconcile_plan(current: list[str], desired: list[str]) -> tuple[list[str], l
     return current[common:], desired[common:]
 
 
+def gpu_memory_families(pool: str, name: str, totals: list) -> list:
+    """GPU memory gauges by device; none at all without CUDA (absent, not 0)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if not totals:
+        return []
+    allocated = GaugeMetricFamily("renderfarm_worker_gpu_memory_allocated_bytes", "CUDA memory held by tensors "
+                                  "in this worker's pool processes", labels=["pool", "worker", "device"])
+    reserved = GaugeMetricFamily("renderfarm_worker_gpu_memory_reserved_bytes", "CUDA memory reserved by the "
+                                 "caching allocator of this worker's pool processes", labels=["pool", "worker", "device"])
+    for sample in totals:
+        allocated.add_metric([pool, name, str(sample.device)], sample.allocated_bytes)
+        reserved.add_metric([pool, name, str(sample.device)], sample.reserved_bytes)
+    return [allocated, reserved]
+
+
 def worker_registry(pool: str, name: str, consumer):
     """Worker metrics: up, busy (jobs running now) and concurrency, read at scrape time."""
     from celery.worker import state
@@ -59,6 +75,7 @@ def worker_registry(pool: str, name: str, consumer):
                 family = GaugeMetricFamily(metric, help_text, labels=["pool", "worker"])
                 family.add_metric(labels, value)
                 yield family
+            yield from gpu_memory_families(pool, name, gpu_memory.totals(gpu_memory.samples_dir(os.getpid())))
 
     registry = CollectorRegistry()
     registry.register(WorkerCollector())

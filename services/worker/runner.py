@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from renderfarm.core import metrics_store
+from renderfarm.core import metrics_store, tracing
 from renderfarm.core.jobs import ErrorType, Job, JobError, JobResult, JobStatus
 from renderfarm.core.kinds import JobKind, get_kind
 from renderfarm.core.recovery import end_lost_run
@@ -112,7 +112,7 @@ def claim_when_free(store: JobStore, job_id: str, kind: JobKind, settings: Setti
     deadline = time.monotonic() + settings.orphan_after_s + 2 * LEASE_TICK_S + 1
     while True:
         claim = _through_redis_restarts(store.claim, job_id, worker, max_attempts=max_attempts(kind.retry),
-                                        lease_s=settings.orphan_after_s)
+                                        lease_s=settings.orphan_after_s, span_context=tracing.current_traceparent())
         if claim.outcome == "busy" and time.monotonic() < deadline:
             time.sleep(min(0.5, settings.orphan_after_s / 4))
             continue
@@ -137,6 +137,10 @@ def run_job(task, job_id: str, kind_name: str | None = None) -> None:
     if claim.outcome != "run":
         return
     token, job = claim.token, claim.state.job
+    tracing.mark_attempt(job.attempts, claim.previous_span)
+    wait_s = queue_wait_s(claim)
+    if wait_s is not None:
+        _count(store, job_id, lambda pipe: metrics_store.record_queue_wait(pipe, job.queue, wait_s))
     lease = Lease(store, job_id, token, settings.orphan_after_s)
     lease.start()
     _ledger(settings, job_id, token, "start")
@@ -145,6 +149,16 @@ def run_job(task, job_id: str, kind_name: str | None = None) -> None:
     finally:
         lease.stop()
     _ledger(settings, job_id, token, f"end {outcome}")
+
+
+def queue_wait_s(claim) -> float | None:
+    """Pure: enqueue -> start of a claimed run; None for a run taken over from a lost
+    one (it did not wait in a queue)."""
+    job = claim.state.job
+    if claim.detail not in (JobStatus.queued.value, JobStatus.retrying.value) or job.started_at is None:
+        return None
+    enqueued = claim.state.enqueued_at if claim.state.enqueued_at is not None else job.created_at.timestamp()
+    return max(0.0, job.started_at.timestamp() - enqueued)
 
 
 def _run_attempt(store: JobStore, settings: Settings, kind: JobKind, job: Job, token: str, retries_done: int,
@@ -223,21 +237,23 @@ def _end_attempt(store: JobStore, kind: JobKind, job: Job, token: str, error: Jo
     try:
         if should_retry(kind.retry, error.type, retries_done):
             delay = retry_delay(kind.retry, retries_done, random.random())
-            _through_redis_restarts(store.schedule_retry, job.id, token, job_message(kind, job), delay, {
+            message = job_message(kind, job, trace_headers=tracing.requeue_headers())
+            _through_redis_restarts(store.schedule_retry, job.id, token, message, delay, {
                 "error": error, "stage": "retrying",
                 "message": f"retry {retries_done + 1} of {kind.retry.max_retries} in {delay:.1f} s",
             })
+            _count(store, job.id, lambda pipe: metrics_store.record_retry(pipe, job.kind, error.type))
             return JobStatus.retrying.value
         return _finish(store, job, token, JobStatus.failed, started, ctx, fields={
             "error": JobError(type=error.type, message=error.message, retryable=False), "stage": "failed",
             "message": error.message,
-        }, dead_letter=True)
+        }, dead_letter=True, error_type=error.type)
     except (StaleAttempt, TransitionConflict):
         return _stopped(store, job, token, started, ctx)
 
 
 def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: float, ctx: JobContext | None, *,
-            fields: dict, dead_letter: bool = False) -> str:
+            fields: dict, dead_letter: bool = False, error_type: str | None = None) -> str:
     duration = time.monotonic() - started
     try:
         _through_redis_restarts(store.transition, job.id, status,
@@ -249,7 +265,7 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
         else:
             # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
             return _stopped(store, job, token, started, ctx)
-    _record(store, job, status, duration)
+    _record(store, job, status, duration, error_type)
     _advance_workflow(store, job.id)
     return status.value
 
@@ -283,10 +299,17 @@ def _stopped(store: JobStore, job: Job, token: str, started: float, ctx: JobCont
     return "stopped"
 
 
-def _record(store: JobStore, job, status: JobStatus, duration: float | None) -> None:
+def _record(store: JobStore, job, status: JobStatus, duration: float | None, error_type: str | None = None) -> None:
+    _count(store, job.id, lambda pipe: metrics_store.record_outcome(pipe, job.kind, job.queue, status.value,
+                                                                     duration, error_type))
+
+
+def _count(store: JobStore, job_id: str, write) -> None:
+    """Write counters (``write(pipe)``) in one round trip; a counter is not job state,
+    so a failed write is logged, never fails the run."""
     try:
         pipe = store.redis.pipeline(transaction=False)
-        metrics_store.record_outcome(pipe, job.kind, job.queue, status.value, duration)
+        write(pipe)
         pipe.execute()
-    except redis.RedisError as exc:  # a counter, not job state: never fail a finished job over it
-        log.warning("outcome of job %s not counted: %s", job.id, exc)
+    except redis.RedisError as exc:
+        log.warning("metrics of job %s not counted: %s", job_id, exc)

@@ -8,6 +8,7 @@ import os
 from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 
 from renderfarm.core import tracing
+from renderfarm.worker import gpu_memory
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -29,6 +30,7 @@ def _warm_up(**_kwargs) -> None:
     # A process that replaces a recycled one takes no job before its model is warm.
     recycling.warm_before_jobs(pool, started)
     recycling.install_gpu_memory_check(pool, recycling.pool_limits(pool, get_settings()).max_gpu_memory_growth_mb)
+    _publish_gpu_memory()
 
 
 @worker_ready.connect
@@ -37,6 +39,14 @@ def _pool_started(**_kwargs) -> None:
     from renderfarm.worker import recycling
 
     recycling.mark_pool_started()
+
+
+@task_postrun.connect
+def _publish_gpu_memory(**_kwargs) -> None:
+    try:
+        gpu_memory.publish()
+    except OSError as exc:  # a gauge, never a reason to fail the task
+        log.warning("GPU memory not published: %s", exc)
 
 
 # One span per run, in the trace the API's publish started (its traceparent header).
@@ -56,7 +66,7 @@ def _start_run_span(task_id=None, task=None, args=None, **_kwargs) -> None:
     kind = task.name.rsplit(".", 1)[-1]
     queue = (request.delivery_info or {}).get("routing_key", "")
     span = tracing.tracer().start_span(f"run {kind}", context=parent, kind=SpanKind.CONSUMER, attributes={
-        "rf.job_id": (args or [""])[0], "rf.kind": kind, "rf.queue": queue})
+        "renderfarm.job_id": (args or [""])[0], "renderfarm.kind": kind, "renderfarm.queue": queue})
     token = context.attach(tracing.trace.set_span_in_context(span))
     _runs[task_id] = (span, token)
 
@@ -69,6 +79,6 @@ def _end_run_span(task_id=None, state=None, **_kwargs) -> None:
     from opentelemetry import context
 
     span, token = entry
-    span.set_attribute("rf.celery_state", str(state))
+    span.set_attribute("renderfarm.celery_state", str(state))
     span.end()
     context.detach(token)

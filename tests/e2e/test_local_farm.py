@@ -87,7 +87,7 @@ def test_make_run_stack_transcodes_over_http_and_stops_cleanly(farm):
     listed = httpx.get(f"{base}/v1/jobs", params={"status": "succeeded"}, headers=headers).json()["jobs"]
     assert [j["id"] for j in listed] == [job_id]
     metrics = httpx.get(f"{base}/metrics").text
-    assert 'renderfarm_job_outcomes_total{kind="transcode",queue="cpu.high",status="succeeded"} 1.0' in metrics
+    assert 'renderfarm_job_outcomes_total{error_type="none",kind="transcode",queue="cpu.high",status="succeeded"} 1.0' in metrics
     assert 'renderfarm_job_submissions_total{kind="transcode",priority="high"} 1.0' in metrics
 
     # Ctrl-C stops every process the runner started.

@@ -135,6 +135,34 @@ CASES: list[Case] = [
           f'renderfarm_webhook_deliveries_total{{{NS},result="delivered"}}': "0+10x30"},
          "25m"),
 
+    Case("RenderfarmRetriesHigh", "three retries for every two finished jobs of a kind",
+         {f'renderfarm_job_retries_total{{{NS},kind="transcode",pool="cpu",error_type="transient"}}': "0+2x40",
+          f'renderfarm_job_retries_total{{{NS},kind="transcode",pool="cpu",error_type="timeout"}}': "0+1x40",
+          f'renderfarm_job_outcomes_total{{{NS},kind="transcode",queue="cpu.normal",status="succeeded",error_type="none"}}': "0+2x40",
+          f'renderfarm_job_outcomes_total{{{NS},kind="transcode",queue="cpu.normal",status="failed",error_type="timeout"}}': "0x40"},
+         "30m", [{"namespace": "rf", "kind": "transcode"}]),
+    Case("RenderfarmRetriesHigh", "retries while nothing of the kind finishes",
+         {f'renderfarm_job_retries_total{{{NS},kind="vision",pool="gpu-vision",error_type="out_of_memory"}}': "0+1x40",
+          f'renderfarm_job_outcomes_total{{{NS},kind="vision",queue="gpu-vision.normal",status="succeeded",error_type="none"}}': "0x40"},
+         "30m", [{"namespace": "rf", "kind": "vision"}]),
+    Case("RenderfarmRetriesHigh", "one retry in ten finished jobs; an idle kind (0/0)",
+         {f'renderfarm_job_retries_total{{{NS},kind="transcode",pool="cpu",error_type="transient"}}': "0+1x40",
+          f'renderfarm_job_outcomes_total{{{NS},kind="transcode",queue="cpu.normal",status="succeeded",error_type="none"}}': "0+10x40",
+          f'renderfarm_job_retries_total{{{NS},kind="probe",pool="cpu",error_type="transient"}}': "0x40",
+          f'renderfarm_job_outcomes_total{{{NS},kind="probe",queue="cpu.normal",status="succeeded",error_type="none"}}': "0x40"},
+         "30m"),
+
+    Case("RenderfarmQueueWaitHigh", "critical jobs start about two minutes after they were queued",
+         {f'renderfarm_queue_wait_seconds_bucket{{{NS},queue="cpu.critical",pool="cpu",priority="critical",le="{le}"}}': v
+          for le, v in (("1.0", "0x40"), ("60.0", "0x40"), ("300.0", "0+4x40"), ("+Inf", "0+4x40"))},
+         "30m", [{"namespace": "rf", "queue": "cpu.critical", "pool": "cpu", "priority": "critical"}]),
+    Case("RenderfarmQueueWaitHigh", "the same two minutes at normal priority (target 30 min); critical starts at once",
+         {**{f'renderfarm_queue_wait_seconds_bucket{{{NS},queue="cpu.normal",pool="cpu",priority="normal",le="{le}"}}': v
+             for le, v in (("1.0", "0x40"), ("60.0", "0x40"), ("300.0", "0+4x40"), ("+Inf", "0+4x40"))},
+          **{f'renderfarm_queue_wait_seconds_bucket{{{NS},queue="cpu.critical",pool="cpu",priority="critical",le="{le}"}}': v
+             for le, v in (("1.0", "0+4x40"), ("60.0", "0+4x40"), ("300.0", "0+4x40"), ("+Inf", "0+4x40"))}},
+         "30m"),
+
     Case("RenderfarmPoolScaleNotApplied", "the Deployment stays below the decision",
          {f'renderfarm_pool_replicas_desired{{{NS},pool="cpu"}}': "3x30",
           f'renderfarm_pool_replicas_current{{{NS},pool="cpu"}}': "1x30"}, "20m", [{"namespace": "rf", "pool": "cpu"}]),

@@ -7,10 +7,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from renderfarm.api.metrics import ApiMetrics
 from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
 from renderfarm.core.metrics_store import record_webhook
@@ -21,6 +17,7 @@ from renderfarm.core.store import BEAT_HEARTBEAT, DEADLETTER, JobStore
 from renderfarm.core.submit import job_message, new_job
 from renderfarm.worker.beat import recover_orphans
 from tests.support.media import make_clip
+from tests.support.monitoring import api_samples
 from tests.support.procs import start_worker, wait_for
 
 
@@ -30,10 +27,7 @@ def store(rf_settings_env):
     return JobStore(make_redis(settings, socket_timeout_s=5), retention_seconds=settings.retention_seconds)
 
 
-def _samples(store: JobStore) -> dict[tuple[str, tuple], float]:
-    text = generate_latest(ApiMetrics(store).registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+_samples = api_samples
 
 
 def test_farm_series_follow_redis(store, rf_settings_env, data_dir):
@@ -68,4 +62,8 @@ def test_orphan_recovery_is_counted(store, rf_settings_env, data_dir):
         doomed.stop(signal.SIGKILL, 5)  # no chance to hand the job back
     wait_for(lambda: recover_orphans(store, Settings(orphan_after_s=1)) == [job.id], 20, interval=0.5,
              what="orphan recovery")
-    assert _samples(store)[("renderfarm_orphan_recoveries_total", ())] == 1
+    samples = _samples(store)
+    assert samples[("renderfarm_orphan_recoveries_total", ())] == 1
+    # The requeue is a retry, counted with its cause.
+    assert samples[("renderfarm_job_retries_total", (("error_type", "worker_lost"), ("kind", "transcode"),
+                                                     ("pool", "cpu")))] == 1

@@ -1,62 +1,32 @@
 """Tracing: one job's spans (API request, publish, worker run, ffprobe/ffmpeg) share
-one trace across the API and worker processes, exported over OTLP/HTTP to a
-receiver in the test (it decodes the protobuf export requests with
-opentelemetry-proto). Without an OTLP endpoint no SDK is set up."""
+one trace across the API and worker processes, exported over OTLP/HTTP to a real
+OpenTelemetry Collector (built from Go modules: tests/support/otelcol.py), whose
+file exporter the test reads. A retried job's runs are linked. Without an OTLP
+endpoint no SDK is set up."""
 
 from __future__ import annotations
 
-import gzip
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from renderfarm.core.apikeys import ALL_SCOPES, create_api_key
+from tests.support.flaky import FlakyServer
 from tests.support.media import make_clip
+from tests.support.otelcol import Collector
 from tests.support.procs import RedisServer, rf_env, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class OtlpReceiver:
-    def __init__(self) -> None:
-        self.spans: list[dict] = []
-        spans = self.spans
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    raw = gzip.decompress(raw)
-                request = ExportTraceServiceRequest.FromString(raw)
-                for resource_spans in request.resource_spans:
-                    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-                    for scope in resource_spans.scope_spans:
-                        for span in scope.spans:
-                            attrs = {a.key: (a.value.string_value or a.value.int_value) for a in span.attributes}
-                            spans.append({"name": span.name, "trace_id": span.trace_id.hex(),
-                                          "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
-                                          "service": service, "attrs": attrs})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def collector(tmp_path):
+    running = Collector(tmp_path / "otelcol")
+    yield running
+    running.close()
 
 
-def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
-    receiver = OtlpReceiver()
+def test_one_jobs_spans_share_a_trace_across_processes(tmp_path, collector):
+    receiver = collector
     redis_server = RedisServer(tmp_path / "redis").start()
     data_dir = tmp_path / "farm"
     env = rf_env(redis_server.url, data_dir, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
@@ -76,7 +46,7 @@ def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
         ours = ("submit", "publish", "run probe", "ffprobe")
 
         def job_trace():
-            submit = [s for s in receiver.spans if s["name"] == "submit" and s["attrs"].get("rf.job_id") == job_id]
+            submit = [s for s in receiver.spans if s["name"] == "submit" and s["attrs"].get("renderfarm.job_id") == job_id]
             if not submit:
                 return None
             trace = [s for s in receiver.spans if s["trace_id"] == submit[0]["trace_id"]]
@@ -95,14 +65,59 @@ def test_one_jobs_spans_share_a_trace_across_processes(tmp_path):
         assert by_name["run probe"]["parent"] == by_name["publish"]["span_id"], trace
         assert by_name["ffprobe"]["parent"] == by_name["run probe"]["span_id"], trace
         for name in ("submit", "publish", "run probe"):
-            assert by_name[name]["attrs"]["rf.job_id"] == job_id, name
-        assert by_name["run probe"]["attrs"]["rf.queue"] == "cpu.normal"
-        assert by_name["run probe"]["attrs"]["rf.kind"] == "probe"
+            assert by_name[name]["attrs"]["renderfarm.job_id"] == job_id, name
+        assert by_name["run probe"]["attrs"]["renderfarm.queue"] == "cpu.normal"
+        assert by_name["run probe"]["attrs"]["renderfarm.kind"] == "probe"
     finally:
         for proc in reversed(started):
             proc.stop()
         redis_server.stop()
-        receiver.close()
+
+
+def test_a_retried_job_runs_twice_in_its_trace_and_the_second_run_links_to_the_first(tmp_path, collector):
+    """A job whose input fails once (503: transient) and then succeeds: two `run probe`
+    spans, attempts 1 and 2, both children of the API's publish in the job's one trace,
+    and the second carries a span link to the first (the store kept its context)."""
+    receiver = collector
+    redis_server = RedisServer(tmp_path / "redis").start()
+    data_dir = tmp_path / "farm"
+    clip = make_clip(data_dir / "inputs" / "clip.mp4", duration=1, width=160, height=120)
+    flaky = FlakyServer(clip.read_bytes(), failures=1)
+    env = rf_env(redis_server.url, data_dir, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                 OTEL_BSP_SCHEDULE_DELAY="100", RF_ALLOW_PRIVATE_FETCH="true")
+    started = []
+    try:
+        api, base = start_api(env)
+        started.append(api)
+        started.append(start_worker(env, pool="cpu"))
+        key = create_api_key(redis_server.client(), tenant="ops", scopes=ALL_SCOPES)
+        headers = {"Authorization": f"Bearer {key}"}
+        response = httpx.post(f"{base}/v1/jobs", headers=headers, json={"kind": "probe", "input": flaky.url})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        final = wait_for(lambda: (j := httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers).json())["status"]
+                         in ("succeeded", "failed") and j, 60, what="the job to finish", interval=0.5)
+        assert final["status"] == "succeeded" and final["attempts"] == 2, final
+
+        def runs():
+            found = [s for s in receiver.spans if s["name"] == "run probe" and s["attrs"].get("renderfarm.job_id") == job_id]
+            return found if len(found) == 2 else None
+
+        first, second = sorted(wait_for(runs, 30, what="both runs' spans at the receiver", interval=0.5),
+                               key=lambda s: s["attrs"]["renderfarm.attempt"])
+        assert (first["attrs"]["renderfarm.attempt"], second["attrs"]["renderfarm.attempt"]) == (1, 2)
+        publish = [s for s in receiver.spans if s["name"] == "publish" and s["attrs"].get("renderfarm.job_id") == job_id]
+        assert len(publish) == 1
+        assert first["trace_id"] == second["trace_id"] == publish[0]["trace_id"]
+        assert first["parent"] == second["parent"] == publish[0]["span_id"], "a retry is a sibling, not a child"
+        assert first["links"] == []
+        assert second["links"] == [{"trace_id": first["trace_id"], "span_id": first["span_id"],
+                                    "attrs": {"renderfarm.link": "previous_attempt"}}]
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        flaky.close()
+        redis_server.stop()
 
 
 def test_without_an_endpoint_no_sdk_is_set_up(monkeypatch):

@@ -4,10 +4,8 @@ dead-letter, worker loss, Redis restart, retention expiry."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +20,9 @@ from renderfarm.core.settings import Settings
 from renderfarm.core.store import JobStore, events_channel
 from renderfarm.worker.beat import recover_orphans
 from tests.support.jobs import TERMINAL, submit, wait_status
+from tests.support.flaky import FlakyServer
 from tests.support.media import ffprobe, make_clip, stream
+from tests.support.monitoring import api_samples
 from tests.support.procs import ServiceProcess, PYTHON, start_worker, wait_for
 
 
@@ -149,40 +149,18 @@ def test_cancelling_a_running_job_stops_ffmpeg(store, rf_settings_env, workers, 
     assert wait_status(store, submit(store, "probe", clip).id, TERMINAL).status == JobStatus.succeeded
 
 
-class _FlakyHandler(http.server.BaseHTTPRequestHandler):
-    failures_left = 0
-    payload = b""
-
-    def do_GET(self):
-        if type(self).failures_left != 0:
-            type(self).failures_left -= 1
-            self.send_response(503)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-        self.wfile.write(self.payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def flaky_server(clip):
-    _FlakyHandler.payload = clip.read_bytes()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
-    server.shutdown()
+def flaky(clip):
+    server = FlakyServer(clip.read_bytes())
+    yield server
+    server.close()
 
 
-def test_transient_errors_retry_with_backoff_then_succeed(store, rf_settings_env, workers, flaky_server):
-    _FlakyHandler.failures_left = 2
+def test_transient_errors_retry_with_backoff_then_succeed(store, rf_settings_env, workers, flaky):
+    flaky.failures_left = 2
     env = dict(rf_settings_env, RF_ALLOW_PRIVATE_FETCH="true")
     workers.append(start_worker(env))
-    job = submit(store, "probe", flaky_server)
+    job = submit(store, "probe", flaky.url)
     seen = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -194,17 +172,32 @@ def test_transient_errors_retry_with_backoff_then_succeed(store, rf_settings_env
     assert current.status == JobStatus.succeeded, current.error
     assert current.attempts == 3 and JobStatus.retrying in seen
     assert current.result.metadata  # probe output present
+    # Counted: two retries of probe for a transient error, one success, and three starts
+    # out of the queue (the first from the submit, two after a retry fell due).
+    samples = api_samples(store)
+    retries = {labels: v for (name, labels), v in samples.items() if name == "renderfarm_job_retries_total" and v}
+    assert retries == {(("error_type", "transient"), ("kind", "probe"), ("pool", "cpu")): 2}
+    assert samples[("renderfarm_job_outcomes_total", (("error_type", "none"), ("kind", "probe"),
+                                                      ("queue", "cpu.normal"), ("status", "succeeded")))] == 1
+    wait = (("pool", "cpu"), ("priority", "normal"), ("queue", "cpu.normal"))
+    assert samples[("renderfarm_queue_wait_seconds_count", wait)] == 3
+    # A retry's wait counts from when its backoff fell due, not from the submit: all three
+    # started within 2 s (counted from the submit, the third would have waited >= 3 s).
+    assert samples[("renderfarm_queue_wait_seconds_bucket", tuple(sorted(wait + (("le", "2.0"),))))] == 3
 
 
-def test_poison_job_fails_for_good_into_dead_letter(store, rf_settings_env, workers, flaky_server):
-    _FlakyHandler.failures_left = -1  # always 503: transient every time
+def test_poison_job_fails_for_good_into_dead_letter(store, rf_settings_env, workers, flaky):
+    flaky.failures_left = -1  # always 503: transient every time
     env = dict(rf_settings_env, RF_ALLOW_PRIVATE_FETCH="true")
     workers.append(start_worker(env))
-    job = submit(store, "probe", flaky_server)
+    job = submit(store, "probe", flaky.url)
     final = wait_status(store, job.id, TERMINAL, timeout=90)
     assert final.status == JobStatus.failed and final.error.type == "transient" and final.error.retryable is False
     assert final.attempts == 1 + get_kind("probe").retry.max_retries
     assert store.dead_letter() == [job.id]
+    failed = {labels: v for (name, labels), v in api_samples(store).items()
+              if name == "renderfarm_job_outcomes_total" and dict(labels)["status"] == "failed" and v}
+    assert failed == {(("error_type", "transient"), ("kind", "probe"), ("queue", "cpu.normal"), ("status", "failed")): 1}
 
 
 def test_corrupt_media_fails_invalid_media_without_retry(store, rf_settings_env, workers, data_dir):

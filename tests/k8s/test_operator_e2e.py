@@ -17,7 +17,7 @@ from pathlib import Path
 
 from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import get_kind
-from renderfarm.core.metrics_store import OUTCOMES
+from renderfarm.core.metrics_store import OUTCOMES, parse_outcomes
 from renderfarm.core.queues import PRIORITY_ORDER, Priority, pool_queues, redis_list_keys
 from renderfarm.core.store import JobStore, inflight_key
 from renderfarm.core.submit import job_message, new_job
@@ -402,7 +402,7 @@ def test_200_jobs_through_scale_up_and_scale_down_each_succeed_exactly_once(farm
     assert len(set(ids)) == 200
     assert all(job.status == JobStatus.succeeded for job in jobs)
     assert [job.id for job in jobs if job.attempts != 1] == [], "jobs run more than once"
-    outcomes = {k: int(v) for k, v in farm.redis().hgetall(OUTCOMES).items()}
-    assert sum(v for k, v in outcomes.items() if k.endswith("|succeeded")) == 200
-    assert sum(v for k, v in outcomes.items() if not k.endswith("|succeeded")) == 0
+    outcomes = parse_outcomes(farm.redis().hgetall(OUTCOMES))
+    assert sum(v for k, v in outcomes.items() if k.status == "succeeded") == 200
+    assert sum(v for k, v in outcomes.items() if k.status != "succeeded") == 0
     assert finished_at < 180

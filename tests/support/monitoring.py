@@ -89,3 +89,15 @@ def query(prometheus: str, expr: str) -> list[dict]:
     if body.get("status") != "success":
         raise AssertionError(f"query failed: {expr}\n{body}")
     return body["data"]["result"]
+
+
+def api_samples(store) -> dict[tuple[str, tuple], float]:
+    """Every sample the API's /metrics would serve now: (name, sorted labels) -> value."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from renderfarm.api.metrics import ApiMetrics
+
+    text = generate_latest(ApiMetrics(store).registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -12,7 +12,7 @@ from renderfarm.api.routers.queues import queue_overview
 from renderfarm.api.schemas import KindOut, StatsOut, StatusOut, WorkerOut
 from renderfarm.core.apikeys import ApiKeyRecord
 from renderfarm.core.kinds import KINDS
-from renderfarm.core.metrics_store import OUTCOMES, duration_key
+from renderfarm.core.metrics_store import OUTCOMES, duration_key, parse_outcomes
 from renderfarm.core.queues import WorkloadClass, all_queues
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, inflight_key
 
@@ -47,18 +47,24 @@ def list_workers(key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -
 @router.get("/stats", response_model=StatsOut, summary="Farm-wide counts by status and kind, outcomes, durations (admin)",
             responses=error_responses(403))
 def stats(key: ApiKeyRecord = Admin, store_: JobStore = Depends(store)) -> StatsOut:
-    outcomes_raw = store_.redis.hgetall(OUTCOMES)
+    # One row per (kind, queue, status); failures carry their counts by error type.
+    rows: dict[tuple[str, str, str], dict[str, int]] = {}
+    for key, count in parse_outcomes(store_.redis.hgetall(OUTCOMES)).items():
+        by_type = rows.setdefault((key.kind, key.queue, key.status), {})
+        by_type[key.error_type] = by_type.get(key.error_type, 0) + count
     pipe = store_.redis.pipeline(transaction=False)
-    keys = sorted({tuple(field.split("|")[:2]) for field in outcomes_raw})
+    keys = sorted({(kind, queue) for kind, queue, _ in rows})
     for kind, queue in keys:
         pipe.hmget(duration_key(kind, queue), "sum", "count")
     durations = {key: value for key, value in zip(keys, pipe.execute())}
     outcomes = []
-    for field, count in sorted(outcomes_raw.items()):
-        kind, queue, status = field.split("|")
+    for (kind, queue, status), by_type in sorted(rows.items()):
         total, n = durations.get((kind, queue), (None, None))
-        outcomes.append({"kind": kind, "queue": queue, "status": status, "count": int(count),
-                         "mean_duration_s": round(float(total) / int(n), 3) if total and n and int(n) else None})
+        row = {"kind": kind, "queue": queue, "status": status, "count": sum(by_type.values()),
+               "mean_duration_s": round(float(total) / int(n), 3) if total and n and int(n) else None}
+        if status == "failed":
+            row["error_types"] = dict(sorted(by_type.items()))
+        outcomes.append(row)
     return StatsOut(
         jobs_by_status=store_.counts_by_status(),
         jobs_by_kind=store_.counts_by_kind(KINDS),

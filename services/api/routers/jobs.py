@@ -93,9 +93,9 @@ def _submit(body: SubmitJobRequest, kind, request: Request, response: Response, 
         tenant=tenant,
     )
     fingerprint = body_fingerprint(body.model_dump(mode="json")) if idempotency_key else ""
-    span.set_attributes({"rf.job_id": job.id, "rf.kind": kind.name, "rf.queue": job.queue, "rf.attempt": 1})
+    span.set_attributes({"renderfarm.job_id": job.id, "renderfarm.kind": kind.name, "renderfarm.queue": job.queue, "renderfarm.attempt": 1})
     try:
-        with tracing.span("publish", kind=SpanKind.PRODUCER, attributes={"rf.job_id": job.id, "rf.queue": job.queue}):
+        with tracing.span("publish", kind=SpanKind.PRODUCER, attributes={"renderfarm.job_id": job.id, "renderfarm.queue": job.queue}):
             message = job_message(kind, job, trace_headers=tracing.inject())
             stored, created = store_.submit(job, message, body_hash=fingerprint)
     except IdempotencyConflict as exc:
@@ -164,7 +164,8 @@ def retry_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(stor
             JobStatus.queued,
             fields={"error": None, "result": None, "progress": 0, "stage": "", "message": "retried by request",
                     "started_at": None, "finished_at": None, "worker": None},
-            requeue_message=job_message(kind, job),
+            # The re-run is traced in this request's trace; its run links to the last attempt.
+            requeue_message=job_message(kind, job, trace_headers=tracing.inject()),
             requeue_queue=job.queue,
         )
     except TransitionConflict as exc:
