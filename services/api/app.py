@@ -13,7 +13,7 @@ from renderfarm import __version__
 from renderfarm.api.auth import KeyRing
 from renderfarm.api.errors import error_body, error_responses, install_error_handlers
 from renderfarm.api.metrics import ApiMetrics
-from renderfarm.api.routers import farm, jobs, pools, queues
+from renderfarm.api.routers import farm, jobs, pools, queues, storage
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import JobStore
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(farm.router)
     app.include_router(pools.router)
+    app.include_router(storage.router)
 
     app.add_middleware(LatencyMiddleware, histogram=app.state.metrics.requests)
 
