@@ -47,7 +47,7 @@ def _s3_only(what: str) -> None:
 
 @router.post("/v1/uploads", status_code=201, response_model=UploadTarget,
              summary="A presigned PUT for a new input object in this tenant's prefix",
-             responses=error_responses(409, 422))
+             responses=error_responses(400, 409, 422))
 def create_upload(body: UploadRequest, tenant: str = Tenant) -> UploadTarget:
     _s3_only("uploads")
     ref, url, expires_at, headers = upload_target(tenant, body.filename, body.media_type)
