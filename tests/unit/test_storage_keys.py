@@ -102,3 +102,22 @@ def test_s3_errors_say_what_to_fix_without_secrets():
     assert storage_error(client_error("", 404), "HEAD", ref).reason == "missing"
     assert storage_error(client_error("SlowDown", 503), "x", ref).reason == "unavailable"
     assert storage_error(EndpointConnectionError(endpoint_url="http://s3"), "x", ref).reason == "unavailable"
+
+
+def test_presigned_urls_are_signed_for_the_public_endpoint():
+    from urllib.parse import urlsplit
+
+    from renderfarm.core.storage.keys import ObjectRef
+    from renderfarm.core.storage.s3 import S3Storage
+
+    ref = ObjectRef("media", "farm/a/j/out.mp4")
+    inside = S3Storage(settings(s3_endpoint="http://seaweedfs:8333", s3_access_key_id="k", s3_secret_access_key="s"))
+    assert urlsplit(inside.presign_get(ref)[0]).netloc == "seaweedfs:8333"
+    public = S3Storage(settings(s3_endpoint="http://seaweedfs:8333", s3_public_endpoint="https://media.example.com",
+                                s3_access_key_id="k", s3_secret_access_key="s"))
+    url, expires_at = public.presign_get(ref, ttl_s=600)
+    parts = urlsplit(url)
+    assert parts.netloc == "media.example.com" and parts.path == "/media/farm/a/j/out.mp4"
+    assert "X-Amz-Expires=600" in parts.query and "X-Amz-Signature=" in parts.query
+    put_url, _, headers = public.presign_put(ref, media_type="video/mp4")
+    assert urlsplit(put_url).netloc == "media.example.com" and headers == {"Content-Type": "video/mp4"}

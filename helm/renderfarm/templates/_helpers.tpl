@@ -131,6 +131,8 @@ imagePullSecrets:
   value: s3
 - name: RF_S3_ENDPOINT
   value: {{ $s3.endpoint | quote }}
+- name: RF_S3_PUBLIC_ENDPOINT
+  value: {{ $s3.publicEndpoint | quote }}
 - name: RF_S3_REGION
   value: {{ $s3.region | quote }}
 - name: RF_S3_BUCKET

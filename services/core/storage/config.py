@@ -24,6 +24,9 @@ class StorageSettings(BaseSettings):
     storage_backend: Literal["filesystem", "s3"] = "filesystem"
 
     s3_endpoint: str = ""  # empty: AWS's own endpoint for the region
+    # Where clients reach the server, if not at s3_endpoint (an in-cluster Service name):
+    # presigned URLs are signed for this host.
+    s3_public_endpoint: str = ""
     s3_region: str = "us-east-1"
     s3_bucket: str = ""
     s3_prefix: str = "renderfarm"

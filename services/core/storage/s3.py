@@ -77,9 +77,16 @@ class S3Storage:
         self.settings = settings
         key_id = settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
         secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-        self.client = boto3.session.Session().client(
+        self.client = self._client(settings.s3_endpoint, key_id, secret)
+        # A presigned URL names its host in the signature: sign for the host clients use.
+        public = settings.s3_public_endpoint
+        self.signer = self._client(public, key_id, secret) if public and public != settings.s3_endpoint else self.client
+
+    def _client(self, endpoint: str, key_id: str | None, secret: str | None):
+        settings = self.settings
+        return boto3.session.Session().client(
             "s3",
-            endpoint_url=settings.s3_endpoint or None,
+            endpoint_url=endpoint or None,
             region_name=settings.s3_region,
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
@@ -203,7 +210,7 @@ class S3Storage:
         params: dict = {"Bucket": ref.bucket, "Key": ref.key}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+        url = self.signer.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
         return url, datetime.now(timezone.utc) + timedelta(seconds=ttl)
 
     def presign_put(self, ref: ObjectRef, ttl_s: int | None = None, media_type: str | None = None
@@ -215,7 +222,7 @@ class S3Storage:
         if media_type:
             params["ContentType"] = media_type
             headers["Content-Type"] = media_type
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=ttl)
+        url = self.signer.generate_presigned_url("put_object", Params=params, ExpiresIn=ttl)
         return url, datetime.now(timezone.utc) + timedelta(seconds=ttl), headers
 
     # --- removing ----------------------------------------------------------------------
