@@ -25,7 +25,7 @@ from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, all_queues, qu
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.recovery import end_lost_run
-from renderfarm.core.storage.retention import sweep_expired_outputs
+from renderfarm.core.storage.retention import OutputSweeper
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, job_key
 from renderfarm.worker.webhooks import WebhookSender
 
@@ -136,6 +136,8 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
     last_slow = 0.0
     last_lost_check = 0.0
     suspects: set[str] = set()
+    # Outputs in object storage of jobs whose record expired (a no-op on the filesystem backend).
+    outputs_sweeper = OutputSweeper(lambda job_id: store.status_of(job_id) is not None)
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -153,7 +155,7 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
                 removed = store.purge_expired_index_entries()
                 if removed:
                     log.info("removed %d expired index entries", removed)
-                sweep_expired_outputs(lambda job_id: store.status_of(job_id) is not None)
+                outputs_sweeper.run_pass()
         except Exception as exc:  # Redis restarting: keep going
             log.warning("maintenance pass failed: %s", exc)
         stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))

@@ -236,3 +236,19 @@ def test_expiry_removes_the_outputs(s3_env, procs, data_dir, s3):
     wait_for(lambda: not s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents"), 30,
              what="the outputs to be removed")
     assert s3.head_object(Bucket=BUCKET, Key="renderfarm/default/uploads/u1/keep.mp4")["ContentLength"] == 1
+
+
+def test_the_expiry_sweep_covers_the_bucket_a_few_folders_per_pass(s3_env, s3):
+    from renderfarm.core.storage.config import get_storage_settings
+    from renderfarm.core.storage.retention import OutputSweeper
+
+    live = {"job-live"}
+    for tenant in ("a", "b"):
+        for job_id in ("job-1", "job-2", "job-live"):
+            s3.put_object(Bucket=BUCKET, Key=f"renderfarm/{tenant}/{job_id}/out.mp4", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="renderfarm/a/uploads/u/in.mp4", Body=b"x")
+    sweeper = OutputSweeper(lambda job_id: job_id in live, get_storage_settings(), per_pass=2)
+    removed = [sweeper.run_pass() for _ in range(4)]
+    assert removed[0] == 2 and sum(removed) == 4, removed  # two folders looked at per pass, resumed each time
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert keys == ["renderfarm/a/job-live/out.mp4", "renderfarm/a/uploads/u/in.mp4", "renderfarm/b/job-live/out.mp4"]

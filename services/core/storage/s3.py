@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import boto3
 from botocore.config import Config
@@ -270,16 +270,15 @@ class S3Storage:
             raise storage_error(exc, "list uploads", ObjectRef(bucket, prefix)) from None
         return list(answer.get("Uploads", []))
 
-    def child_prefixes(self, bucket: str, prefix: str) -> list[str]:
-        """The "folders" right under ``prefix`` (tenants, or a tenant's jobs)."""
-        found: list[str] = []
+    def child_prefixes(self, bucket: str, prefix: str) -> Iterator[str]:
+        """The "folders" right under ``prefix`` (tenants, or a tenant's jobs), page by page."""
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
             for page in pages:
-                found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        except Exception as exc:
+                for item in page.get("CommonPrefixes", []):
+                    yield item["Prefix"]
+        except (ClientError, BotoCoreError) as exc:
             raise storage_error(exc, "list", ObjectRef(bucket, prefix)) from None
-        return found
 
     def check_bucket(self, bucket: str) -> None:
         """Raise a StorageError that says what is wrong when the bucket cannot be used."""
