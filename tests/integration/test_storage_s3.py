@@ -252,3 +252,33 @@ def test_the_expiry_sweep_covers_the_bucket_a_few_folders_per_pass(s3_env, s3):
     assert removed[0] == 2 and sum(removed) == 4, removed  # two folders looked at per pass, resumed each time
     keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
     assert keys == ["renderfarm/a/job-live/out.mp4", "renderfarm/a/uploads/u/in.mp4", "renderfarm/b/job-live/out.mp4"]
+
+
+def test_a_retried_job_overwrites_the_same_keys(store, s3_env, procs, data_dir, s3):
+    from renderfarm.worker.beat import recover_orphans
+
+    env = dict(s3_env, RF_ORPHAN_AFTER_S="1")
+    clip = make_clip(data_dir / "inputs" / "two.mp4", duration=20, width=640, height=360)
+    doomed = start_worker(env)
+    procs.append(doomed)
+    job = submit(store, "transcode", clip, {"renditions": [{"height": 144, "preset": "ultrafast"},
+                                                         {"height": 360, "preset": "slow"}]})
+    first_key = f"renderfarm/default/{job.id}/144p.mp4"
+    # The first rendition is in the bucket; the run dies while making the second.
+    wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix=first_key).get("Contents"), 120,
+             what="the first output to be uploaded", interval=0.1)
+    first_written = s3.head_object(Bucket=BUCKET, Key=first_key)["LastModified"]
+    doomed.kill()
+    wait_for(lambda: recover_orphans(store, Settings(orphan_after_s=1)) == [job.id], 20, interval=0.5,
+             what="orphan recovery")
+    procs.append(start_worker(env))
+    final = wait_status(store, job.id, TERMINAL, timeout=180)
+    assert final.status == JobStatus.succeeded and final.attempts == 2, final.error
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"renderfarm/default/{job.id}/")["Contents"])
+    assert keys == [first_key, f"renderfarm/default/{job.id}/360p.mp4"]  # the same keys, nothing beside them
+    # Rewritten by the second attempt (the same bytes: x264 is deterministic, so is the ETag).
+    assert s3.head_object(Bucket=BUCKET, Key=first_key)["LastModified"] > first_written
+    for output in final.result.outputs:
+        head = s3.head_object(Bucket=BUCKET, Key=output.uri.removeprefix(f"s3://{BUCKET}/"))
+        assert head["ContentLength"] == output.size_bytes and head["Metadata"]["sha256"] == output.checksum
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"renderfarm/default/{job.id}/").get("Uploads")
