@@ -13,7 +13,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt |
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint monitoring otelcol
+.PHONY: help install system-deps run test test-fast bench bench-scale soak lint clean chart-pools manifests chart-lint monitoring otelcol s3-tools
 
 help:
 	@echo "make run     run the farm locally (Redis, API, workers, beat) in the foreground; MONITORING=1 adds Prometheus and Alertmanager"
@@ -26,6 +26,7 @@ help:
 	@echo "make manifests   regenerate the chart's pool list and the plain manifests in k8s/"
 	@echo "make chart-lint  helm lint --strict of helm/renderfarm (the project's pinned helm)"
 	@echo "make monitoring  regenerate the alert rules and Grafana dashboards (chart files and monitoring/)"
+	@echo "make s3-tools    build the S3 server for tests and \`renderfarm local --s3\` (SeaweedFS, cached)"
 
 system-deps:
 	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
@@ -47,7 +48,7 @@ install: system-deps $(INSTALL_STAMP)
 run: install
 	$(VENV)/bin/renderfarm local $(if $(MONITORING),--monitoring)
 
-test: install k8s-tools node-tools images otelcol
+test: install k8s-tools node-tools images otelcol s3-tools
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-fast: install
@@ -74,6 +75,11 @@ manifests: chart-pools monitoring k8s-tools
 
 chart-lint: k8s-tools
 	"$$(bash k8s/dev/build-tools.sh --print-bin-dir)/helm" lint --strict helm/renderfarm
+
+# The S3-compatible server of the storage tests and `renderfarm local --s3`: SeaweedFS
+# built from Go modules into a cache outside the clone (k8s/dev/build-s3.sh).
+s3-tools:
+	nice -n 10 bash k8s/dev/build-s3.sh
 
 bench-scale: install
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_scale.py

@@ -43,3 +43,15 @@ def rf_settings_env(redis_server, redis_client, data_dir, monkeypatch):
     get_settings.cache_clear()
     yield env
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS ``weed server -s3``, built by ``make
+    s3-tools``) on free ports, with the farm's output bucket and an input bucket."""
+    from renderfarm.cli.s3server import WeedS3
+
+    server = WeedS3(tmp_path_factory.mktemp("weed"), access_key="rf-test-key", secret_key="rf-test-secret-0123456789",
+                    buckets=["rf-media", "rf-inputs", "rf-private"]).start()
+    yield server
+    server.stop()

@@ -13,7 +13,7 @@ from renderfarm import __version__
 from renderfarm.api.auth import KeyRing
 from renderfarm.api.errors import error_body, error_responses, install_error_handlers
 from renderfarm.api.metrics import ApiMetrics
-from renderfarm.api.routers import farm, jobs, pools, queues, review, workflows
+from renderfarm.api.routers import farm, jobs, pools, queues, review, storage, workflows
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import JobStore
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(review.bulk_router)
     app.include_router(workflows.router)
     app.include_router(workflows.templates_router)
+    app.include_router(storage.router)
 
     app.add_middleware(LatencyMiddleware, histogram=app.state.metrics.requests)
 

@@ -15,7 +15,7 @@ from renderfarm.core.queues import Priority
 class _SubmitBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1, max_length=4096, description="file:///path under an allowed root, or http(s)://")
+    input: str = Field(min_length=1, max_length=4096, description="file:///path under an allowed root, http(s)://, or s3://bucket/key in an allowed bucket")
     priority: Priority = Priority.normal
     webhook_url: HttpUrl | None = None
     labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=32)

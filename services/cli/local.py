@@ -136,7 +136,7 @@ def _monitoring_children(data_dir: Path, api_port: int, worker_ports: list[int],
 
 def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int = 6379,
               pools: list[str] | None = None, monitoring: bool = False, prometheus_port: int = 9090,
-              alertmanager_port: int = 9093) -> int:
+              alertmanager_port: int = 9093, s3: bool = False) -> int:
     pools = pools or ["cpu", "gpu-transcribe", "gpu-vision"]
     data_dir = data_dir.resolve()
     for sub in ("inputs", "outputs", "work", "redis"):
@@ -163,6 +163,13 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
     env.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages, never a hub
     if not env.get("RF_WEBHOOK_SECRET"):
         env["RF_WEBHOOK_SECRET"] = _local_secret(data_dir / ".webhook-secret")
+    weed = None
+    if s3:
+        weed = _start_local_s3(data_dir)
+        if isinstance(weed, str):
+            print(f"--s3: {weed}", file=sys.stderr)
+            return 1
+        env.update(weed.env(LOCAL_BUCKET))
     python = sys.executable
     children.append(Child("api", [python, "-m", "uvicorn", "renderfarm.api.app:create_app", "--factory",
                                   "--host", "127.0.0.1", "--port", str(port)], env))
@@ -216,6 +223,9 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
             time.sleep(0.2)
         sample = data_dir / "inputs" / "sample.mp4"
         _banner(base, key, data_dir, sample, pools)
+        if weed is not None:
+            print(f"  S3 (SeaweedFS) {weed.endpoint}   bucket {LOCAL_BUCKET}: outputs go there; "
+                  f"POST {base}/v1/uploads for inputs\n", flush=True)
         if monitoring:
             print(f"  Prometheus   http://127.0.0.1:{prometheus_port}   (alerts: http://127.0.0.1:{prometheus_port}/alerts)\n"
                   f"  Alertmanager http://127.0.0.1:{alertmanager_port}   (rules: {data_dir / 'monitoring' / 'rules.yaml'})\n",
@@ -239,8 +249,30 @@ def run_local(data_dir: Path = Path("data"), port: int = 8000, redis_port: int =
                 thread.start()
             for thread in threads:
                 thread.join()
+        if weed is not None:
+            weed.stop()
         print("stopped.", flush=True)
     return 0
+
+
+LOCAL_BUCKET = "renderfarm"
+
+
+def _start_local_s3(data_dir: Path):
+    """SeaweedFS on free ports with a generated key pair (kept in data/.s3-secret);
+    a string says why it cannot run."""
+    from renderfarm.cli.s3server import WeedS3, weed_binary
+
+    if not weed_binary().is_file():
+        return f"{weed_binary()} is missing: run `make s3-tools` first"
+    folder = data_dir / "s3"
+    folder.mkdir(parents=True, exist_ok=True)
+    print("starting the local S3 server (SeaweedFS)…", flush=True)
+    try:
+        return WeedS3(folder, access_key="renderfarm-local", secret_key=_local_secret(data_dir / ".s3-secret"),
+                      buckets=[LOCAL_BUCKET]).start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        return f"the local S3 server did not start: {exc}"
 
 
 def _warn_if_not_durable(client: redis.Redis, redis_url: str) -> None:

@@ -522,9 +522,11 @@ def local(
                                                                   "farm's alert rules.")] = False,
     prometheus_port: Annotated[int, typer.Option("--prometheus-port", min=1, max=65535)] = 9090,
     alertmanager_port: Annotated[int, typer.Option("--alertmanager-port", min=1, max=65535)] = 9093,
+    s3: Annotated[bool, typer.Option("--s3", help="Keep media in a local S3 server (SeaweedFS, `make s3-tools`) "
+                                                  "instead of the data folder.")] = False,
 ) -> None:
     """Run the whole farm on this machine: Redis, API, beat and workers (and, with
-    --monitoring, Prometheus and Alertmanager)."""
+    --monitoring, Prometheus and Alertmanager; with --s3, a local S3 server)."""
     pool_list = parse_pools(pools)
     try:
         from renderfarm.cli.local import run_local
@@ -534,7 +536,7 @@ def local(
         err.print("[bold red]Error:[/] the local runner is not available in this installation")
         raise typer.Exit(EXIT_API_ERROR) from None
     result = run_local(data_dir=data_dir, port=port, redis_port=redis_port, pools=pool_list, monitoring=monitoring,
-                       prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
+                       prometheus_port=prometheus_port, alertmanager_port=alertmanager_port, s3=s3)
     if isinstance(result, int) and result:
         raise typer.Exit(result)
 

@@ -133,7 +133,8 @@ def check_http_url(uri: str, *, allow_private: bool) -> list[str]:
     return addresses
 
 
-def validate_input(uri: str, *, roots: list[Path], allow_private: bool, must_exist: bool = True) -> str:
+def validate_input(uri: str, *, roots: list[Path], allow_private: bool, must_exist: bool = True,
+                   tenant: str = "default") -> str:
     """Check an input reference at submit time. Returns it unchanged, or raises InputError."""
     scheme = input_scheme(uri)
     if scheme == "file":
@@ -144,4 +145,23 @@ def validate_input(uri: str, *, roots: list[Path], allow_private: bool, must_exi
     if scheme in ("http", "https"):
         check_http_url(uri, allow_private=allow_private)
         return uri
-    raise InputError(f"unsupported input scheme {scheme!r}; use file:// under an allowed root, http:// or https://")
+    if scheme == "s3":
+        check_s3_uri(uri, tenant, must_exist=must_exist)
+        return uri
+    raise InputError(f"unsupported input scheme {scheme!r}; use file:// under an allowed root, http://, https:// "
+                     "or s3:// in an allowed bucket")
+
+
+def check_s3_uri(uri: str, tenant: str, *, must_exist: bool) -> None:
+    """An allowed bucket (per tenant), and the object present when a HEAD can tell:
+    a server that cannot be reached now leaves that to the worker (which fails the
+    job ``invalid_media`` if the object is missing then)."""
+    from renderfarm.core.storage import StorageError, StorageRefError, check_s3_input
+
+    try:
+        check_s3_input(uri, tenant, must_exist=must_exist)
+    except StorageRefError as exc:
+        raise InputError(str(exc)) from None
+    except StorageError as exc:
+        if exc.reason != "unavailable":
+            raise InputError(str(exc)) from None

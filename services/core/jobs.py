@@ -72,6 +72,7 @@ class ErrorType(StrEnum):
     out_of_memory = "out_of_memory"
     cancelled = "cancelled"
     internal = "internal"
+    storage = "storage"  # the output store refused (credentials, bucket, policy): fix the settings
 
 
 class JobError(BaseModel):
@@ -85,6 +86,11 @@ class OutputRef(BaseModel):
     uri: str
     media_type: str | None = None
     size_bytes: int | None = None
+    # Object storage outputs: "sha256:<hex>" of the bytes, and (in API answers only,
+    # signed per read, never stored) a presigned GET URL and when it expires.
+    checksum: str | None = None
+    url: str | None = None
+    expires_at: datetime | None = None
 
 
 class JobResult(BaseModel):

@@ -27,6 +27,7 @@ from renderfarm.core.queues import PRIORITY_ORDER, WorkloadClass, all_queues, qu
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.recovery import end_lost_run
+from renderfarm.core.storage.retention import OutputSweeper
 from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, job_key
 from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.worker.webhooks import WebhookSender
@@ -139,6 +140,8 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
     last_lost_check = 0.0
     suspects: set[str] = set()
     workflows = WorkflowStore(store)
+    # Outputs in object storage of jobs whose record expired (a no-op on the filesystem backend).
+    outputs_sweeper = OutputSweeper(lambda job_id: store.status_of(job_id) is not None)
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -158,6 +161,7 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
                 removed = store.purge_expired_index_entries()
                 if removed:
                     log.info("removed %d expired index entries", removed)
+                outputs_sweeper.run_pass()
         except Exception as exc:  # Redis restarting: keep going
             log.warning("maintenance pass failed: %s", exc)
         stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))

@@ -29,12 +29,15 @@ class JobContext:
     # still the live attempt: a stale run never replaces another attempt's outputs.
     is_live: Callable[[], bool] = field(default=lambda: True)
     token: str = ""  # the attempt token; names this run's temporary files
+    # The S3 client of the storage edge when outputs go to object storage (None: the filesystem).
+    storage: Any = None
     _last_check: float = field(default=0.0)
     _cancel_check_interval_s: float = 0.5
     # Files this run wrote: temporary paths, and published paths with their inode,
     # so a cleanup removes its own files and never a later attempt's.
     _temps: set[Path] = field(default_factory=set)
     _published: dict[Path, int] = field(default_factory=dict)
+    _uploaded: dict[str, str] = field(default_factory=dict)  # s3 uri -> the ETag this run wrote
 
     def progress(self, percent: float, stage: str = "", message: str = "") -> None:
         """Report progress; raises JobCancelled if the job was cancelled meanwhile."""
@@ -63,12 +66,35 @@ class JobContext:
         if self.is_cancelled() or not self.is_live():
             temp.unlink(missing_ok=True)
             raise JobCancelled(self.job.id)
+        if self.storage is not None:
+            return self._upload(temp, name, media_type)
         final = self.output_dir / name
         os.replace(temp, final)
         self._temps.discard(temp)
         stat = final.stat()
         self._published[final] = stat.st_ino
         return OutputRef(name=name, uri=final.as_uri(), media_type=media_type, size_bytes=stat.st_size)
+
+    def _upload(self, temp: Path, name: str, media_type: str | None) -> OutputRef:
+        """Multipart-upload the finished file to the job's output key (a retry overwrites
+        the same key); a cancel or a lost lease mid-upload aborts it (JobCancelled)."""
+        from renderfarm.core.storage import StorageError, Stopped, publish_s3_output
+        from renderfarm.worker.errors import StorageFailure, TransientError
+
+        try:
+            output, etag = publish_s3_output(temp, self.job.tenant, self.job.id, name, media_type,
+                                       should_stop=lambda: self.is_cancelled() or not self.is_live())
+        except Stopped:
+            raise JobCancelled(self.job.id) from None
+        except StorageError as exc:
+            if exc.reason == "unavailable":
+                raise TransientError(str(exc)) from None
+            raise StorageFailure(str(exc)) from None
+        finally:
+            temp.unlink(missing_ok=True)
+            self._temps.discard(temp)
+        self._uploaded[output.uri] = etag
+        return output
 
     def remove_own_files(self, *, published_too: bool) -> None:
         """Remove this run's temporary files and, if asked, the outputs it published
@@ -84,6 +110,9 @@ class JobContext:
                 except FileNotFoundError:
                     pass
             self._published.clear()
+            for uri, etag in self._uploaded.items():
+                self.storage.delete_if_etag(uri, etag)  # a later attempt's object stays
+            self._uploaded.clear()
             try:
                 self.output_dir.rmdir()  # only if nothing else is left in it
             except OSError:

@@ -27,6 +27,12 @@ class TransientError(WorkloadError):
     error_type = ErrorType.transient
 
 
+class StorageFailure(WorkloadError):
+    """The output store refused the write (credentials, missing bucket, policy)."""
+
+    error_type = ErrorType.storage
+
+
 class OutOfMemory(WorkloadError):
     error_type = ErrorType.out_of_memory
 

@@ -16,7 +16,8 @@ from renderfarm.core.inputs import (
     input_scheme,
 )
 from renderfarm.core.settings import Settings
-from renderfarm.worker.errors import InvalidInput, InvalidMedia, TransientError
+from renderfarm.core.storage import StorageError, StorageRefError, Stopped, fetch_s3_input
+from renderfarm.worker.errors import InvalidInput, InvalidMedia, JobCancelled, TransientError
 
 MAX_REDIRECTS = 5
 
@@ -30,7 +31,8 @@ def readable_roots(settings: Settings) -> list[Path]:
     return [*settings.input_roots, settings.outputs_dir]
 
 
-def local_input(uri: str, settings: Settings, work_dir: Path) -> Path:
+def local_input(uri: str, settings: Settings, work_dir: Path, *, tenant: str = "default",
+                should_stop=lambda: False) -> Path:
     try:
         scheme = input_scheme(uri)
         if scheme == "file":
@@ -42,8 +44,26 @@ def local_input(uri: str, settings: Settings, work_dir: Path) -> Path:
             return path
         if scheme in ("http", "https"):
             return _download(uri, settings, work_dir)
+        if scheme == "s3":
+            return s3_input(uri, tenant, work_dir, should_stop)
         raise InvalidInput(f"unsupported input scheme {scheme!r}")
     except InputError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def s3_input(uri: str, tenant: str, work_dir: Path, should_stop) -> Path:
+    """An ``s3://`` input streamed into the work folder, storage errors as job errors."""
+    try:
+        return fetch_s3_input(uri, tenant, work_dir, should_stop=should_stop)
+    except StorageRefError as exc:
+        raise InvalidInput(str(exc)) from None
+    except Stopped:
+        raise JobCancelled(uri) from None
+    except StorageError as exc:
+        if exc.reason == "missing":
+            raise InvalidMedia(str(exc)) from None
+        if exc.reason == "unavailable":
+            raise TransientError(str(exc)) from None
         raise InvalidInput(str(exc)) from None
 
 

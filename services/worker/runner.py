@@ -34,6 +34,7 @@ from renderfarm.core.recovery import end_lost_run
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.retry import max_attempts, retry_delay, should_retry
 from renderfarm.core.settings import Settings, get_settings
+from renderfarm.core.storage import s3_storage
 from renderfarm.core.store import JobStore, StaleAttempt, TransitionConflict
 from renderfarm.core.submit import job_message
 from renderfarm.worker import identity
@@ -192,19 +193,22 @@ def _run_attempt(store: JobStore, settings: Settings, kind: JobKind, job: Job, t
             return True
 
         report(0, "fetching input", "")
-        input_path = local_input(job.input, settings, work_dir)
+        input_path = local_input(job.input, settings, work_dir, tenant=job.tenant, should_stop=lease.lost.is_set)
+        storage = s3_storage()
         ctx = JobContext(
             job=job,
             params=params,
             settings=settings,
             input_path=input_path,
             work_dir=work_dir,
-            output_dir=settings.outputs_dir / job_id,
+            # With object storage, finished files wait in the scratch folder until uploaded.
+            output_dir=work_dir / "outputs" if storage is not None else settings.outputs_dir / job_id,
             report=report,
             is_cancelled=lease.lost.is_set,
             _cancel_check_interval_s=0.0,  # a flag the lease thread sets: free to read
             is_live=still_live,
             token=token,
+            storage=storage,
         )
         result = handler(ctx)
         if not isinstance(result, JobResult):

@@ -32,7 +32,9 @@ FULL_SETS = ["api.ingress.enabled=true", "api.ingress.tlsSecretName=rf-tls", "ap
              "apiKeys.hashes[0]=" + "ab" * 32, "webhooks.existingSecret=rf-webhooks",
              "operator.watchNamespaces={renderfarm,render-b}",
              "monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true",
-             "monitoring.prometheusRule.enabled=true", "monitoring.dashboards.enabled=true"]
+             "monitoring.prometheusRule.enabled=true", "monitoring.dashboards.enabled=true",
+             "storage.backend=s3", "storage.s3.endpoint=http://seaweedfs:8333", "storage.s3.bucket=media",
+             "storage.s3.existingSecret=rf-s3", "storage.s3.allowedInputBuckets={raw,archive}"]
 API_VERSION_ARGS = [arg for api in MONITORING_APIS for arg in ("--api-versions", api)]
 
 
@@ -227,6 +229,23 @@ def test_external_redis_is_a_url_and_an_existing_secret(helm):
         if "RF_REDIS_URL" in env:
             assert env["RF_REDIS_URL"]["value"] == "rediss://redis.example:6380/0", name
             assert env["RF_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "ext-redis", name
+
+
+def test_s3_storage_is_settings_and_an_existing_secret(helm, default_docs):
+    farm_pods = 0
+    for name, spec in _pod_specs(render_docs(helm, *FULL)):
+        env = {item["name"]: item for item in spec["containers"][0].get("env", [])}
+        if "RF_REDIS_URL" not in env:
+            continue
+        farm_pods += 1
+        assert env["RF_STORAGE_BACKEND"]["value"] == "s3", name
+        assert (env["RF_S3_ENDPOINT"]["value"], env["RF_S3_BUCKET"]["value"]) == ("http://seaweedfs:8333", "media"), name
+        assert env["RF_S3_ALLOWED_INPUT_BUCKETS"]["value"] == "raw,archive", name
+        for var, key in (("RF_S3_ACCESS_KEY_ID", "access-key-id"), ("RF_S3_SECRET_ACCESS_KEY", "secret-access-key")):
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "rf-s3", "key": key}, name
+    assert farm_pods >= 4  # API, beat, and a worker per pool
+    for name, spec in _pod_specs(default_docs):  # the default stays on the shared volume
+        assert not [e for e in spec["containers"][0].get("env", []) if e["name"].startswith(("RF_S3_", "RF_STORAGE"))]
 
 
 def test_media_is_one_shared_read_write_many_claim(default_docs):

@@ -140,10 +140,22 @@ def test_urls_with_credentials_or_bad_ports_are_refused():
         check_http_url("http://8.8.8.8:99999/a.mp4", allow_private=False)
 
 
-@pytest.mark.parametrize("uri", ["ftp://8.8.8.8/a.mp4", "gopher://8.8.8.8/", "s3://bucket/a.mp4", "data:video/mp4;base64,AAAA", "a.mp4"])
+@pytest.mark.parametrize("uri", ["ftp://8.8.8.8/a.mp4", "gopher://8.8.8.8/", "data:video/mp4;base64,AAAA", "a.mp4"])
 def test_unsupported_schemes_are_refused(uri, tmp_path):
     with pytest.raises(InputError, match="unsupported input scheme"):
         validate_input(uri, roots=[tmp_path], allow_private=False)
+
+
+def test_s3_inputs_need_an_allowed_bucket(tmp_path, monkeypatch):
+    # Refused before any request: no bucket is allowed unless the settings name it.
+    for name in ("RF_S3_BUCKET", "RF_S3_ALLOWED_INPUT_BUCKETS", "RF_S3_TENANT_INPUT_BUCKETS"):
+        monkeypatch.delenv(name, raising=False)
+    from renderfarm.core.storage.config import get_storage_settings
+
+    get_storage_settings.cache_clear()
+    with pytest.raises(InputError, match="not an allowed input bucket"):
+        validate_input("s3://bucket/a.mp4", roots=[tmp_path], allow_private=False)
+    get_storage_settings.cache_clear()
 
 
 def test_check_http_url_refuses_a_non_http_scheme_on_its_own():

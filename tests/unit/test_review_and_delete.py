@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pydantic
 import pytest
 
-from renderfarm.core.job_outputs import delete_job_outputs, job_output_dir
+from renderfarm.core.storage import delete_job_outputs
+from renderfarm.core.storage.keys import job_output_dir
 from renderfarm.core.jobs import Job
 from renderfarm.core.queues import Priority
 from renderfarm.core.review import OTHER, Actor, action_record, bounded_backlog, requeue_fields
@@ -36,10 +37,10 @@ def test_output_deletion_removes_only_the_jobs_folder_and_follows_no_symlink_out
     outside.mkdir()
     (outside / "keep.txt").write_text("z")
     (root / "escape").symlink_to(outside)
-    assert delete_job_outputs(a_job(), root) == 1
+    assert delete_job_outputs(a_job().id, a_job().tenant, outputs_dir=root) == 1
     assert not (root / "abc123").exists() and (root / "other" / "keep.jpg").exists()
-    assert delete_job_outputs(a_job(id="escape"), root) == 0 and (outside / "keep.txt").exists()
-    assert delete_job_outputs(a_job(), root) == 0  # already gone: not an error
+    assert delete_job_outputs("escape", "default", outputs_dir=root) == 0 and (outside / "keep.txt").exists()
+    assert delete_job_outputs(a_job().id, a_job().tenant, outputs_dir=root) == 0  # already gone: not an error
 
 
 def test_requeue_with_new_params_validates_them_and_records_the_change():

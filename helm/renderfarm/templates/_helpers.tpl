@@ -125,6 +125,41 @@ imagePullSecrets:
       name: {{ .Values.webhooks.existingSecret }}
       key: {{ .Values.webhooks.existingSecretKey }}
 {{- end }}
+{{- if eq .Values.storage.backend "s3" }}
+{{- $s3 := .Values.storage.s3 }}
+- name: RF_STORAGE_BACKEND
+  value: s3
+- name: RF_S3_ENDPOINT
+  value: {{ $s3.endpoint | quote }}
+- name: RF_S3_PUBLIC_ENDPOINT
+  value: {{ $s3.publicEndpoint | quote }}
+- name: RF_S3_REGION
+  value: {{ $s3.region | quote }}
+- name: RF_S3_BUCKET
+  value: {{ required "storage.s3.bucket is required with storage.backend=s3" $s3.bucket | quote }}
+- name: RF_S3_PREFIX
+  value: {{ $s3.prefix | quote }}
+- name: RF_S3_PATH_STYLE
+  value: {{ $s3.pathStyle | quote }}
+- name: RF_S3_PRESIGN_TTL_S
+  value: {{ $s3.presignTtlSeconds | quote }}
+- name: RF_S3_ALLOWED_INPUT_BUCKETS
+  value: {{ join "," $s3.allowedInputBuckets | quote }}
+- name: RF_S3_TENANT_INPUT_BUCKETS
+  value: {{ $s3.tenantInputBuckets | toJson | quote }}
+{{- if $s3.existingSecret }}
+- name: RF_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: {{ $s3.accessKeyIdKey }}
+- name: RF_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: {{ $s3.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -15,8 +15,9 @@ from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
-from renderfarm.core.job_outputs import delete_job_outputs
+from renderfarm.core.storage import delete_job_outputs
 from renderfarm.core.kinds import get_kind
+from renderfarm.core.storage import signed_outputs
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import (
     IdempotencyConflict,
@@ -63,7 +64,8 @@ def submit_job(
 ) -> Job:
     kind = get_kind(body.kind)
     try:
-        validate_input(body.input, roots=settings_.input_roots, allow_private=settings_.allow_private_fetch)
+        validate_input(body.input, roots=settings_.input_roots, allow_private=settings_.allow_private_fetch,
+                       tenant=tenant)
     except InputError as exc:
         raise ApiError(422, "invalid_input", str(exc), [{"field": "input", "message": str(exc)}]) from None
     if body.webhook_url is not None:
@@ -128,9 +130,12 @@ def list_jobs(
 @router.get("/{job_id}", response_model=Job, summary="One job", responses=error_responses(404, 422))
 async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> Job:
     try:
-        return _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
+        job = _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
     except JobNotFound:
         raise _not_found(job_id) from None
+    if job.result and any(o.uri.startswith("s3://") for o in job.result.outputs):
+        job = await asyncio.to_thread(signed_outputs, job)  # fresh presigned URLs, never stored
+    return job
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job",
@@ -260,7 +265,7 @@ def delete_job(job_id: str, tenant: str = Tenant, store_: JobStore = Depends(sto
     if job.status not in TERMINAL_STATUSES:
         raise ApiError(409, "conflict", f"job is {job.status.value}; cancel it and wait for it to end, then delete it")
     # Outputs first: a failure here leaves the record, and the delete can be repeated.
-    delete_job_outputs(job, settings_.outputs_dir)
+    delete_job_outputs(job.id, job.tenant, outputs_dir=settings_.outputs_dir)
     try:
         store_.delete(job_id, tenant=tenant)
     except JobNotFound:
