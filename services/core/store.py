@@ -8,6 +8,8 @@ Key layout (all under ``rf:``):
 - ``rf:jobs:kind:<kind>``       zset: jobs by kind, same score
 - ``rf:tenant:<t>:jobs``        zset: one tenant's jobs, same score (its listing reads
   only these, and ``rf:tenant:<t>:status:<status>`` / ``rf:tenant:<t>:kind:<kind>``)
+- ``rf:jobs:expires``           zset: ``expiry.expiry_member`` of each finished job -> when its record
+  expires (epoch s): the expiry pass reads only the due entries, never all jobs
 - ``rf:idem:<tenant>:<key>``    string: "<job id> <body hash>" for Idempotency-Key
 - ``rf:deadletter``             list: ids of jobs that failed for good, newest first
 - ``rf:inflight:<queue>``       hash: job id -> worker name for jobs taken, not done
@@ -27,8 +29,14 @@ Exactly once: a claim gives the run an attempt token (field ``attempt``) and a
 lease. Every later write of that run names the token, so a run that was replaced
 (its lease lapsed, it was cancelled and retried) can no longer write anything.
 Internal fields (never in the API's Job): ``attempt``, ``last_attempt``,
-``budget_base`` (attempts before the last manual retry), ``queue_message``,
-``body_hash``, ``webhook_attempts``.
+``budget_base`` (attempts before the last manual retry), ``queue_message`` (only while
+a retry waits in ``rf:delayed``), ``body_hash``, ``webhook_attempts``, and the message
+stamp (``message_queue``, ``message_at``, trace headers; see messages.message_stamp).
+
+Memory: a queued job is its hash, six index entries and its queue message. The hash
+keeps no copy of the message (the stamp rebuilds it), and submit leaves out empty
+fields, so a queued job's hash stays within Redis's listpack encoding (values up to
+``hash-max-listpack-value``, 64 bytes by default), about a fifth of a hashtable's cost.
 """
 
 from __future__ import annotations
@@ -46,10 +54,15 @@ from typing import Any, Iterable
 import redis
 
 from renderfarm.core import queues as queue_names
+from renderfarm.core.expiry import plan_expiry
+from renderfarm.core.kinds import KINDS
 from renderfarm.core.messages import (
+    TRACE_HEADERS,
     KOMBU_UNACKED,
     KOMBU_UNACKED_INDEX,
     message_enqueued,
+    message_from_record,
+    message_stamp,
     message_task_id,
     unacked_task_id,
 )
@@ -73,6 +86,7 @@ DELAYED = f"{PREFIX}delayed"
 BEAT_HEARTBEAT = f"{PREFIX}beat"
 WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due
 LEASES = f"{PREFIX}leases"
+EXPIRES = f"{PREFIX}jobs:expires"
 INFLIGHT_PREFIX = f"{PREFIX}inflight:"
 _INDEX_PREFIX = f"{PREFIX}jobs:"
 _TENANT_PREFIX = f"{PREFIX}tenant:"
@@ -192,7 +206,20 @@ def decode_job(raw: dict[str, str]) -> Job:
     return Job.model_validate(data)
 
 
-_INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base")
+_INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base",
+                    "message_queue", "message_at", *TRACE_HEADERS)
+
+
+def compact_fields(fields: dict[str, str]) -> dict[str, str]:
+    """Leave out what decode_job (and every script) reads back as its default anyway:
+    empty values, empty JSON objects, zero counters. A new job's hash holds only what
+    says something."""
+    return {name: value for name, value in fields.items()
+            if value not in ("", "{}") and not (name in _ZERO_FIELDS and float(value) == 0)}
+
+
+_ZERO_FIELDS = ("progress", "attempts")  # counters a script reads as 0 when absent
+
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -290,11 +317,12 @@ return {'created', ''}
 # live attempt's; when ``lapsed_before`` is given, that the lease lapsed before it),
 # then moves indexes, in-flight, lease, delayed entry and dead-letter together,
 # publishes the event and returns the new record.
-# KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...
+# KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...,
+#       expiry index (after the status indexes)
 # ARGV: 1 id, 2 target, 3 allowed sources (",a,b,"), 4 ttl (0 = keep), 5 deadletter (0/1),
 #       6 message to queue ('' = none), 7 due time for it ('' = push now), 8 token ('' = any),
 #       9 lapsed_before ('' = no lease check), 10 in-flight key prefix, 11 event time (ISO),
-#       12 now (epoch s), 13.. field/value pairs
+#       12 now (epoch s), 13 the waiting message to take back on cancel ('' = none), 14.. field/value pairs
 _TRANSITION = _STATUS_LUA + _EVENT_LUA + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
@@ -305,8 +333,10 @@ if ARGV[9] ~= '' then
   if lease and tonumber(lease) > tonumber(ARGV[9]) then return {'alive', current} end
 end
 local fields = {'status', ARGV[2]}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+-- The expiry index entry names the status it expires in (expiry.expiry_member); it is the last key.
+local expiry_tail = ' ' .. (redis.call('HGET', KEYS[1], 'kind') or '') .. ' ' .. (redis.call('HGET', KEYS[1], 'tenant') or '')
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0
 redis.call('ZREM', status_key(current, 8), ARGV[1])
 redis.call('ZADD', status_key(ARGV[2], 8), score, ARGV[1])
@@ -319,8 +349,10 @@ if ARGV[2] ~= 'running' then
   if token and token ~= '' then redis.call('HSET', KEYS[1], 'last_attempt', token) end
   redis.call('HDEL', KEYS[1], 'attempt')
 end
+redis.call('ZREM', KEYS[#KEYS], ARGV[1] .. ' ' .. current .. expiry_tail)
 if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[#KEYS], tonumber(ARGV[12]) + tonumber(ARGV[4]), ARGV[1] .. ' ' .. ARGV[2] .. expiry_tail)
   local hook = redis.call('HGET', KEYS[1], 'webhook_url')
   if hook and hook ~= '' then
     redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
@@ -335,16 +367,18 @@ if ARGV[2] == 'queued' then
   redis.call('LREM', KEYS[3], 0, ARGV[1])
   redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0')
 end
-if ARGV[2] == 'cancelled' and current == 'queued' and queue then
-  local waiting = redis.call('HGET', KEYS[1], 'queue_message')
-  if waiting then redis.call('LREM', queue, 1, waiting) end
+if ARGV[2] == 'cancelled' and current == 'queued' and queue and ARGV[13] ~= '' then
+  -- The caller rebuilt the waiting message from the record's stamp (no copy is kept).
+  redis.call('LREM', queue, 1, ARGV[13])
 end
 if ARGV[2] ~= 'retrying' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[1], 'queue_message', ARGV[6])
   if ARGV[7] ~= '' then
+    -- Only a retry waiting in the delayed set keeps its message: promotion pushes it.
+    redis.call('HSET', KEYS[1], 'queue_message', ARGV[6])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
   else
+    redis.call('HDEL', KEYS[1], 'queue_message')
     redis.call('LPUSH', queue, ARGV[6])
   end
 end
@@ -497,12 +531,12 @@ return n
 
 # A waiting job whose message is nowhere (not in its queue, not delayed, not being
 # delivered) gets it back. Every check again here, atomically: still waiting, the same
-# message, not delayed.
-# KEYS: job, delayed  ARGV: id, expected message
+# message (its stamp's time; the caller rebuilt it from that stamp), not delayed.
+# KEYS: job, delayed  ARGV: id, message, its stamp time
 _REQUEUE_LOST = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'retrying' then return 0 end
-if redis.call('HGET', KEYS[1], 'queue_message') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'message_at') ~= ARGV[3] then return 0 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[2])
 return 1
@@ -593,7 +627,7 @@ class JobStore:
         idem = idempotency_key(job.tenant, job.idempotency_key) if job.idempotency_key else ""
         fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
         fields["body_hash"] = body_hash
-        fields["queue_message"] = message
+        fields = compact_fields(fields) | message_stamp(message)
         flat = [item for pair in fields.items() for item in pair]
         outcome, existing = self._submit(
             keys=[job_key(job.id), job.queue, idem, INDEX_ALL, kind_index(job.kind), *self._STATUS_KEYS],
@@ -637,15 +671,19 @@ class JobStore:
         sources = ",".join(s.value for s in allowed_sources(target))
         ttl = self.retention_seconds if target in TERMINAL_STATUSES else 0
         encoded = encode_fields(fields or {})
+        if requeue_message:
+            # The new message's stamp replaces the last one (trace headers it lacks are blanked).
+            encoded |= {name: "" for name in TRACE_HEADERS} | message_stamp(requeue_message)
         flat = [item for pair in encoded.items() for item in pair]
+        withdraw = self._waiting_message(job_id) if target == JobStatus.cancelled else None
         now = _now()
         reply = self._transition(
             keys=[job_key(job_id), INDEX_ALL, DEADLETTER, DELAYED, WEBHOOKS, LEASES, events_channel(job_id),
-                  *self._STATUS_KEYS],
+                  *self._STATUS_KEYS, EXPIRES],
             args=[job_id, target.value, f",{sources},", ttl, "1" if dead_letter else "0",
                   requeue_message or "", "" if due_at is None else repr(due_at), token or "",
                   "" if lapsed_before is None else repr(lapsed_before), INFLIGHT_PREFIX, _iso_now(), repr(now),
-                  *flat],
+                  withdraw or "", *flat],
         )
         outcome, current = reply[0], reply[1]
         if outcome == "missing":
@@ -657,6 +695,12 @@ class JobStore:
         if outcome == "alive":
             raise LeaseAlive(job_id)
         return decode_job(_pairs(reply[2]))
+
+    def _waiting_message(self, job_id: str, record: dict[str, str] | None = None) -> str | None:
+        """The queue message of a waiting job, rebuilt from its record's stamp."""
+        record = self.redis.hgetall(job_key(job_id)) if record is None else record
+        kind = KINDS.get(record.get("kind", ""))
+        return message_from_record(kind, record) if kind is not None and record.get("id") else None
 
     def schedule_retry(self, job_id: str, token: str | None, message: str, delay_s: float,
                        fields: dict[str, Any]) -> Job:
@@ -933,16 +977,10 @@ class JobStore:
                                    args=[len(messages), *messages, *job_ids, *map(repr, queued_at),
                                          job_key(""), scan_limit]))
 
-    def waiting_messages(self) -> dict[str, str]:
-        """Queued or retrying job id -> the message that should be somewhere for it."""
-        ids = self.redis.zrange(status_index(JobStatus.queued), 0, -1) + \
+    def waiting_job_ids(self) -> list[str]:
+        """Queued or retrying jobs: each should have a message somewhere."""
+        return self.redis.zrange(status_index(JobStatus.queued), 0, -1) + \
             self.redis.zrange(status_index(JobStatus.retrying), 0, -1)
-        if not ids:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(job_key(job_id), "queue_message")
-        return {job_id: message for job_id, message in zip(ids, pipe.execute()) if message}
 
     def job_ids_with_a_message(self, queues: Iterable[str], delivery_grace_s: float) -> set[str]:
         """Jobs whose message is in a queue (any of its lists), in the delayed set, or
@@ -964,35 +1002,50 @@ class JobStore:
         found.update(job_id for tag, raw in unacked.items() if tag in recent and (job_id := unacked_task_id(raw)))
         return found
 
-    def requeue_lost_message(self, job_id: str, message: str) -> bool:
-        """Push a waiting job's message back, if it is still waiting for that message and not delayed."""
-        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED], args=[job_id, message]))
+    def requeue_lost_message(self, job_id: str) -> bool:
+        """Push a waiting job's message (rebuilt from its stamp) back, if it is still
+        waiting for that message and not delayed."""
+        record = self.redis.hgetall(job_key(job_id))
+        message = self._waiting_message(job_id, record)
+        if message is None:
+            return False
+        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED], args=[job_id, message, record["message_at"]]))
+
+    def expire_due(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
+        """One bounded expiry pass: at most ``limit`` due entries of the expiry index (see
+        renderfarm.core.expiry), never a scan of all jobs. Returns (entries handled, index
+        entries removed); a pass that handled ``limit`` leaves more for the next one."""
+        now = _now() if now is None else now
+        due = self.redis.zrangebyscore(EXPIRES, "-inf", repr(now), start=0, num=limit)
+        if not due:
+            return 0, 0
+        pipe = self.redis.pipeline(transaction=False)
+        for member in due:
+            pipe.pttl(job_key(member.split(" ", 1)[0]))
+        plan = plan_expiry(due, pipe.execute(), now)
+        pipe = self.redis.pipeline(transaction=True)
+        for job in plan.gone:
+            for index in (INDEX_ALL, status_index(job.status), kind_index(job.kind), tenant_index(job.tenant),
+                          tenant_status_index(job.tenant, job.status), tenant_kind_index(job.tenant, job.kind)):
+                pipe.zrem(index, job.job_id)
+            if job.status == JobStatus.failed.value:
+                pipe.lrem(DEADLETTER, -1, job.job_id)  # from the oldest end, where expiring entries sit
+        removals = len(pipe)
+        for member, when in plan.rescore.items():
+            pipe.zadd(EXPIRES, {member: when}, xx=True)  # xx: a retry meanwhile took the entry out
+        if plan.forget:
+            pipe.zrem(EXPIRES, *plan.forget)
+        results = pipe.execute()
+        return len(due), sum(int(n) for n in results[:removals])
+
+    def expiry_backlog(self, now: float | None = None) -> int:
+        """How many finished jobs are past their retention and not cleaned up yet."""
+        return int(self.redis.zcount(EXPIRES, "-inf", repr(_now() if now is None else now)))
 
     def purge_expired_index_entries(self, batch: int = 500) -> int:
-        """Drop index entries whose job record has expired (retention). Returns how many."""
-        removed = 0
-        indexes = [INDEX_ALL] + [status_index(s) for s in JobStatus] + list(self.redis.scan_iter(f"{_INDEX_PREFIX}kind:*"))
-        indexes += list(self.redis.scan_iter(f"{_TENANT_PREFIX}*"))
-        for index in indexes:
-            start = 0
-            while True:
-                ids = self.redis.zrange(index, start, start + batch - 1)
-                if not ids:
-                    break
-                pipe = self.redis.pipeline(transaction=False)
-                for job_id in ids:
-                    pipe.exists(job_key(job_id))
-                missing = [job_id for job_id, exists in zip(ids, pipe.execute()) if not exists]
-                if missing:
-                    self.redis.zrem(index, *missing)
-                    removed += len(missing)
-                start += batch - len(missing)
-        # Dead-letter entries whose job expired are noise too.
-        for job_id in self.redis.lrange(DEADLETTER, 0, -1):
-            if not self.redis.exists(job_key(job_id)):
-                self.redis.lrem(DEADLETTER, 0, job_id)
-                removed += 1
-        return removed
+        """Drop index entries whose job record has expired (retention), at most ``batch``
+        jobs' worth per call (expire_due). Returns how many entries went."""
+        return self.expire_due(batch)[1]
 
 
 def _message_age_s(raw: str | None) -> float | None:

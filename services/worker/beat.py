@@ -5,7 +5,8 @@
   (or fail, their attempts spent);
 - waiting jobs whose message was lost (a Redis restart at the wrong moment) get it back;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
-- index entries of jobs past their retention are removed;
+- index entries of jobs past their retention are removed, at most EXPIRY_BATCH jobs' worth
+  per tick (the expiry index holds them by due time);
 - webhooks of finished jobs are delivered, signed, with retries, by a sender
   thread of their own (a slow receiver never holds up the passes above).
 """
@@ -29,6 +30,10 @@ from renderfarm.core.store import BEAT_HEARTBEAT, JobStore, job_key
 from renderfarm.worker.webhooks import WebhookSender
 
 log = logging.getLogger("renderfarm.beat")
+
+# Expired jobs cleaned per tick: the pass holds Redis for one bounded transaction,
+# whatever the number of jobs kept (see renderfarm.core.expiry).
+EXPIRY_BATCH = 500
 
 
 def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
@@ -66,14 +71,14 @@ def requeue_lost_messages(store: JobStore, suspects: set[str], delivery_grace_s:
     so a message moving between lists during one look is not mistaken for a lost one
     (and a duplicate would be harmless anyway: the claim runs a job once). Returns the
     jobs requeued and the suspects for the next pass."""
-    waiting = store.waiting_messages()
+    waiting = store.waiting_job_ids()
     if not waiting:
         return [], set()
     present = store.job_ids_with_a_message(all_queues(), delivery_grace_s)
     missing = set(waiting) - present
     requeued = []
     for job_id in sorted(missing & suspects):
-        if store.requeue_lost_message(job_id, waiting[job_id]):
+        if store.requeue_lost_message(job_id):
             requeued.append(job_id)
             log.warning("job %s was waiting without a message; message requeued", job_id)
     return requeued, missing - set(requeued)
@@ -149,9 +154,11 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
                 _, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=max(10.0, 2 * settings.orphan_after_s))
             if started - last_cleanup >= settings.maintenance_interval_s:
                 last_cleanup = started
-                removed = store.purge_expired_index_entries()
+                handled, removed = store.expire_due(EXPIRY_BATCH)
                 if removed:
                     log.info("removed %d expired index entries", removed)
+                if handled >= EXPIRY_BATCH:
+                    last_cleanup = 0.0  # a backlog: the next tick takes the next batch
         except Exception as exc:  # Redis restarting: keep going
             log.warning("maintenance pass failed: %s", exc)
         stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
