@@ -18,6 +18,8 @@ Key layout (all under ``rf:``):
 - ``rf:workers``                zset: worker name -> last heartbeat (epoch s)
 - ``rf:worker:<name>``          hash: a worker's pool, queues, pod, pid (expires)
 - ``rf:events:<id>``            pub/sub channel: progress events
+- ``rf:batch:<id>``             hash: a batch submit's tenant, size, creation time (expires with
+  retention); ``rf:batch:<id>:jobs`` list: its job ids in submit order
 
 Every status change goes through one Lua call that checks the move against
 ``jobs.allowed_sources`` (and, for a run's own writes, its attempt token), updates
@@ -130,6 +132,14 @@ def worker_key(name: str) -> str:
 
 def events_channel(job_id: str) -> str:
     return f"{PREFIX}events:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:jobs"
 
 
 def new_job_id() -> str:
@@ -543,7 +553,53 @@ return 1
 """
 
 
+# A batch: every job stored with its indexes and queue message, plus the batch record,
+# in one call, or nothing (an idempotent replay). Redis runs a script whole, and every
+# check (the idempotency key) comes before the first write, so there is no half batch.
+# KEYS: idem ('' for none), batch, batch jobs, all index, status indexes..., then per job:
+#       job, queue list, kind index
+# ARGV: 1 idem value, 2 ttl (idem and batch record), 3 job count, 4 batch field count,
+#       batch field/value pairs, then per job: id, score, message, field count, field/value pairs
+_SUBMIT_BATCH = _STATUS_LUA + """
+if KEYS[1] ~= '' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {'exists', existing} end
+end
+local first_job_key = 5 + %d  -- after idem, batch, batch jobs, all and the status indexes
+local at = 5
+local batch_fields = {}
+for i = 1, tonumber(ARGV[4]) do batch_fields[i] = ARGV[at]; at = at + 1 end
+redis.call('HSET', KEYS[2], unpack(batch_fields))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+for j = 0, tonumber(ARGV[3]) - 1 do
+  local job, queue, kind_index = KEYS[first_job_key + 3 * j], KEYS[first_job_key + 3 * j + 1], KEYS[first_job_key + 3 * j + 2]
+  local id, score, message, count = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+  at = at + 4
+  local fields = {}
+  for i = 1, count do fields[i] = ARGV[at]; at = at + 1 end
+  -- What _SUBMIT does for one job.
+  redis.call('HSET', job, unpack(fields))
+  redis.call('ZADD', KEYS[4], score, id)
+  redis.call('ZADD', status_key('queued', 5), score, id)
+  redis.call('ZADD', kind_index, score, id)
+  local kind = redis.call('HGET', job, 'kind')
+  redis.call('ZADD', tenant_index(job, 'jobs'), score, id)
+  redis.call('ZADD', tenant_index(job, 'status:queued'), score, id)
+  redis.call('ZADD', tenant_index(job, 'kind:' .. kind), score, id)
+  redis.call('LPUSH', queue, message)
+  redis.call('RPUSH', KEYS[3], id)
+end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return {'created', ''}
+""" % len(_STATUS_ORDER)
+
+
 class JobNotFound(KeyError):
+    pass
+
+
+class BatchNotFound(KeyError):
     pass
 
 
@@ -613,6 +669,7 @@ class JobStore:
         self._promote_due = client.register_script(_PROMOTE_DUE)
         self._move_tail = client.register_script(_MOVE_TAIL)
         self._requeue_lost = client.register_script(_REQUEUE_LOST)
+        self._submit_batch = client.register_script(_SUBMIT_BATCH)
 
     _STATUS_KEYS = [status_index(status) for status in _STATUS_ORDER]
 
@@ -1048,6 +1105,54 @@ class JobStore:
         return self.expire_due(batch)[1]
 
 
+    # -- batches ------------------------------------------------------------------------
+
+    def submit_batch(self, batch_id: str, tenant: str, jobs: list[Job], messages: list[str], *,
+                     idempotency_key: str | None = None, body_hash: str = "") -> tuple[str, bool]:
+        """Store every job of a batch with its queue message, and the batch record, in one
+        atomic call: all or none. Returns (batch id, created); with an idempotency key, a
+        replay of the same body returns the first batch's id, a different body raises
+        IdempotencyConflict."""
+        idem = idempotency_key_for_batch(tenant, idempotency_key) if idempotency_key else ""
+        keys = [idem, batch_key(batch_id), batch_jobs_key(batch_id), INDEX_ALL, *self._STATUS_KEYS]
+        record = {"id": batch_id, "tenant": tenant, "count": str(len(jobs)), "created_at": repr(_now())}
+        args: list[Any] = [f"{batch_id} {body_hash}", self.retention_seconds, len(jobs), 2 * len(record),
+                           *[item for pair in record.items() for item in pair]]
+        for job, message in zip(jobs, messages, strict=True):
+            fields = compact_fields(encode_fields(job.model_dump(exclude_none=False))) | message_stamp(message)
+            keys += [job_key(job.id), job.queue, kind_index(job.kind)]
+            args += [job.id, _score(job.created_at.timestamp()), message, 2 * len(fields),
+                     *[item for pair in fields.items() for item in pair]]
+        outcome, existing = self._submit_batch(keys=keys, args=args)
+        if outcome == "created":
+            return batch_id, True
+        existing_id, _, existing_hash = existing.partition(" ")
+        if existing_hash != body_hash:
+            raise IdempotencyConflict(existing_id)
+        return existing_id, False
+
+    def batch(self, batch_id: str) -> dict[str, str]:
+        record = self.redis.hgetall(batch_key(batch_id))
+        if not record:
+            raise BatchNotFound(batch_id)
+        return record
+
+    def batch_job_ids(self, batch_id: str, offset: int = 0, limit: int = -1) -> list[str]:
+        return self.redis.lrange(batch_jobs_key(batch_id), offset, -1 if limit < 0 else offset + limit - 1)
+
+    def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's status (None: its record expired), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "status")
+        return pipe.execute()
+
+
+def idempotency_key_for_batch(tenant: str, key: str) -> str:
+    """A batch's Idempotency-Key lives apart from single jobs' keys of the same tenant."""
+    return idempotency_key(tenant, f"batch:{key}")
+
+
 def _message_age_s(raw: str | None) -> float | None:
     parsed = message_enqueued(raw) if raw else None
     if parsed is None or parsed[1] is None:
@@ -1059,6 +1164,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "JobStore",
     "JobNotFound",
+    "BatchNotFound",
     "TransitionConflict",
     "StaleAttempt",
     "LeaseAlive",
