@@ -28,8 +28,8 @@ def celery_message(
     JSON, not base64. With ``enqueued_at`` given it is a pure function of its arguments
     (the delivery tag comes from the id and the time), so the job store can rebuild the
     exact bytes from the few fields in ``message_stamp`` instead of keeping a copy."""
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
-                      separators=(",", ":"))
+    # (args, kwargs, embed): the embed's callbacks, errbacks, chain and chord default to None.
+    body = json.dumps([args, {}, {}], separators=(",", ":"))
     headers: dict = {
         "lang": "py",
         "task": task_name,

@@ -3,6 +3,7 @@ at most N of them, and a backlog drains over the following ticks (real redis-ser
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 
@@ -78,3 +79,24 @@ def test_a_retried_job_leaves_the_expiry_index_and_a_live_record_is_not_cleaned(
     # Due by the caller's clock, but Redis still holds the record: looked at again later, nothing removed.
     assert store.expire_due(limit=10, now=time.time() + RETENTION_S + 5) == (1, 0)
     assert redis_client.zscore(INDEX_ALL, kept) is not None and redis_client.zcard(EXPIRES) == 1
+
+
+def test_the_lost_message_check_reads_only_counters_until_a_message_is_missing(store, redis_client):
+    from renderfarm.worker.beat import requeue_lost_messages
+
+    kind = get_kind("probe")
+    jobs = []
+    for _ in range(50):
+        job = new_job(kind, input="file:///data/in.mp4", params={}, priority=Priority.normal, tenant="t1")
+        store.submit(job, job_message(kind, job))
+        jobs.append(job)
+    redis_client.config_resetstat()
+    assert requeue_lost_messages(store, set(), delivery_grace_s=30, full=False) == ([], set())
+    assert _commands(redis_client, "lrange") + _commands(redis_client, "zrange") == 0  # counters only
+    lost = redis_client.rpop("cpu.normal")  # a message gone with nothing to show for it
+    lost_id = json.loads(lost)["headers"]["id"]
+    requeued, suspects = requeue_lost_messages(store, set(), delivery_grace_s=30, full=False)
+    assert requeued == [] and suspects == {lost_id}  # found on the first look, requeued on the second
+    requeued, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=30, full=False)
+    assert requeued == [lost_id] and suspects == set()
+    assert redis_client.lindex("cpu.normal", 0) == lost  # the same bytes, rebuilt from the job's stamp
