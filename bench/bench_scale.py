@@ -5,14 +5,16 @@ Starts its own redis-server, API (one uvicorn process) and Celery workers, then 
 10^3, 10^4 and 10^5 queued jobs measures:
 
 - fill: jobs/s stored through ``JobStore.submit`` (the store, no HTTP; 4 threads);
-- submit saturation: ``POST /v1/jobs`` closed loop, 16 connections, jobs/s;
+- submit saturation: ``POST /v1/jobs`` closed loop, 16 connections, jobs/s; and the same
+  through ``POST /v1/jobs:batch`` (batches of BATCH_SIZE, 4 connections), jobs/s;
 - submit and status p99 at an offered 200 req/s (open loop, bench/run.py's client),
   also on an empty farm (the baseline of the 1.5x target);
 - Redis memory per queued job, and per finished job kept for retention (1,000 jobs
   taken off the queue and finished with a result, as a worker would);
 - ``GET /v1/jobs`` p99 for the first page and for a page halfway down the cursor;
 - one aging pass, one expiry pass and one orphan scan (the functions beat runs),
-  with the Redis commands each sent;
+  with the Redis commands each sent; before the expiry pass EXPIRED_SAMPLE finished jobs
+  pass their retention, so the pass has real work (at most its batch of 500);
 - the Celery worker's rate with that many jobs waiting (``probe`` jobs on a tiny clip).
 
 Then the operator's one Redis read for 10, 100 and 1,000 pools (4 queues each). Each
@@ -63,6 +65,8 @@ PRIORITIES = (Priority.critical, Priority.high, Priority.normal, Priority.low)
 TARGETS = {"latency_vs_empty": 1.5, "list_first_page_p99_ms": 20.0, "bytes_per_queued_job": 2048,
            "operator_read_ms_1000_pools": 50.0}
 FINISHED_SAMPLE = 1_000
+BATCH_SIZE = 100
+EXPIRED_SAMPLE = 1_000
 RESULT = {"format": "json", "streams": [{"index": 0, "codec_type": "video"}], "duration": 0.5}
 
 
@@ -125,6 +129,17 @@ class Farm:
         self.redis.delete("bench.side")
         return (self.memory() - before) / sample
 
+    def expire_some(self, count: int) -> None:
+        """``count`` finished jobs whose 1 s retention has passed (records gone, index entries due)."""
+        store = JobStore(self.server.client(), retention_seconds=1)
+        for _ in range(count):
+            job = new_job(self.kind, input=self.clip.as_uri(), params={}, priority=Priority.low)
+            store.submit(job, job_message(self.kind, job, queue="bench.side"))
+            store.transition(job.id, JobStatus.running, fields={"worker": "bench@pod"})
+            store.transition(job.id, JobStatus.succeeded, fields={"progress": 100})
+        self.redis.delete("bench.side")
+        time.sleep(1.5)
+
     # -- HTTP ---------------------------------------------------------------------------------------
 
     def latency(self, method: str, make_path: Callable[[int], str], body: bytes | None, duration_s: float) -> dict:
@@ -142,7 +157,8 @@ class Farm:
                 "errors": summary["errors"], "achieved_rps": summary["achieved_rps"],
                 "ids": [json.loads(s.body).get("id") for s in samples if s.ok and s.body[:1] == b"{"]}
 
-    def saturation(self, body: bytes, seconds: float, connections: int = 16) -> float:
+    def saturation(self, body: bytes, seconds: float, connections: int = 16, path: str = "/v1/jobs",
+                   jobs_per_request: int = 1) -> float:
         async def go():
             client = make_client("raw", self.base_url)
             done = 0
@@ -151,8 +167,8 @@ class Farm:
             async def worker():
                 nonlocal done
                 while asyncio.get_running_loop().time() < deadline:
-                    status, _ = await client.request("POST", "/v1/jobs", body)
-                    done += 200 <= status < 300
+                    status, _ = await client.request("POST", path, body)
+                    done += jobs_per_request if 200 <= status < 300 else 0
 
             try:
                 started = asyncio.get_running_loop().time()
@@ -250,11 +266,12 @@ def operator_read_ms(server: RedisServer, pools: int, reads: int, distinct: bool
 
 
 def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, Any]:
-    from renderfarm.worker.beat import age_waiting_jobs, recover_orphans
+    from renderfarm.worker.beat import EXPIRY_BATCH, age_waiting_jobs, recover_orphans
 
     farm = Farm(workdir, quick)
     duration = 4.0 if quick else 8.0
     body = json.dumps({"kind": "probe", "input": farm.clip.as_uri(), "priority": "normal"}).encode()
+    batch_body = json.dumps({"jobs": [json.loads(body)] * BATCH_SIZE}).encode()
     results: dict[str, Any] = {"levels": list(levels), "rate": RATE, "by_level": {}}
     try:
         # Empty farm: the baseline the 1.5x latency target is measured against.
@@ -272,6 +289,8 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
             row["fill_jobs_per_s"] = farm.fill(added)
             row["bytes_per_queued_job"] = (farm.memory() - memory_before) / added
             row["saturation_jobs_per_s"] = farm.saturation(body, 2.0 if quick else 4.0)
+            row["batch_saturation_jobs_per_s"] = farm.saturation(batch_body, 2.0 if quick else 4.0, connections=4,
+                                                                 path="/v1/jobs:batch", jobs_per_request=BATCH_SIZE)
             submit = farm.latency("POST", lambda i: "/v1/jobs", body, duration)
             ids = submit.pop("ids")
             status = farm.latency("GET", lambda i: f"/v1/jobs/{ids[i % len(ids)]}", None, duration)
@@ -284,7 +303,9 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
             row["list_deep_page"] = farm.list_p99(encode_cursor(int(middle[1]), middle[0]), 100 if quick else 300)
             settings = Settings(redis_url=farm.server.url, aging_seconds=600, orphan_after_s=30)
             row["aging_pass"] = farm.timed_pass(lambda: age_waiting_jobs(farm.store, settings))
-            row["expiry_pass"] = farm.timed_pass(lambda: farm.store.purge_expired_index_entries())
+            farm.expire_some(EXPIRED_SAMPLE // (4 if quick else 1))
+            row["expiry_backlog"] = farm.store.expiry_backlog()
+            row["expiry_pass"] = farm.timed_pass(lambda: farm.store.expire_due(EXPIRY_BATCH))
             row["orphan_scan"] = farm.timed_pass(lambda: recover_orphans(farm.store, settings))
             row["bytes_per_finished_job"] = farm.finished_bytes_per_job(FINISHED_SAMPLE // (4 if quick else 1))
             queued_now = sum(farm.redis.llen(k) for p in PRIORITIES for k in redis_list_keys(f"cpu.{p.value}"))
@@ -340,6 +361,8 @@ def figures(results: dict[str, Any]) -> list[tuple[str, list[float], str, Callab
     return [
         ("fill through JobStore.submit (jobs/s)", [r["fill_jobs_per_s"] for r in rows], "", info),
         ("submit saturation, 1 API process (jobs/s)", [r["saturation_jobs_per_s"] for r in rows], "", info),
+        (f"batch submit saturation, {BATCH_SIZE}/batch (jobs/s)",
+         [r.get("batch_saturation_jobs_per_s", 0.0) for r in rows], "", info),
         ("submit p50 at 200/s (ms)", [r["submit"]["p50_ms"] for r in rows], "", info),
         ("submit p99 at 200/s (ms)", [r["submit"]["p99_ms"] for r in rows], "",
          within(TARGETS["latency_vs_empty"], "submit")),
