@@ -231,7 +231,6 @@ def compact_fields(fields: dict[str, str]) -> dict[str, str]:
 _ZERO_FIELDS = ("progress", "attempts")  # counters a script reads as 0 when absent
 
 
-
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[0::2], flat[1::2]))
 
@@ -546,7 +545,7 @@ return n
 _REQUEUE_LOST = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'retrying' then return 0 end
-if redis.call('HGET', KEYS[1], 'message_at') ~= ARGV[3] then return 0 end
+if (redis.call('HGET', KEYS[1], 'message_at') or '') ~= ARGV[3] then return 0 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[2])
 return 1
@@ -754,10 +753,12 @@ class JobStore:
         return decode_job(_pairs(reply[2]))
 
     def _waiting_message(self, job_id: str, record: dict[str, str] | None = None) -> str | None:
-        """The queue message of a waiting job, rebuilt from its record's stamp."""
+        """The queue message of a waiting job, rebuilt from its record's stamp (a record
+        written before stamps existed still holds its copy in ``queue_message``)."""
         record = self.redis.hgetall(job_key(job_id)) if record is None else record
         kind = KINDS.get(record.get("kind", ""))
-        return message_from_record(kind, record) if kind is not None and record.get("id") else None
+        rebuilt = message_from_record(kind, record) if kind is not None and record.get("id") else None
+        return rebuilt or record.get("queue_message")
 
     def schedule_retry(self, job_id: str, token: str | None, message: str, delay_s: float,
                        fields: dict[str, Any]) -> Job:
@@ -1082,7 +1083,8 @@ class JobStore:
         message = self._waiting_message(job_id, record)
         if message is None:
             return False
-        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED], args=[job_id, message, record["message_at"]]))
+        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED],
+                                       args=[job_id, message, record.get("message_at", "")]))
 
     def expire_due(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
         """One bounded expiry pass: at most ``limit`` due entries of the expiry index (see

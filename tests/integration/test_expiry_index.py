@@ -100,3 +100,22 @@ def test_the_lost_message_check_reads_only_counters_until_a_message_is_missing(s
     requeued, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=30, full=False)
     assert requeued == [lost_id] and suspects == set()
     assert redis_client.lindex("cpu.normal", 0) == lost  # the same bytes, rebuilt from the job's stamp
+
+
+def test_a_job_stored_with_a_message_copy_before_stamps_can_still_be_cancelled_and_recovered(store, redis_client):
+    """Records written by the previous release hold ``queue_message`` and no stamp."""
+    kind = get_kind("probe")
+    old = []
+    for _ in range(2):
+        job = new_job(kind, input="file:///data/in.mp4", params={}, priority=Priority.normal)
+        message = job_message(kind, job)
+        store.submit(job, message)
+        redis_client.hdel(f"rf:job:{job.id}", "message_queue", "message_at")
+        redis_client.hset(f"rf:job:{job.id}", "queue_message", message)
+        old.append((job, message))
+    (cancelled, _), (lost, lost_message) = old
+    store.transition(cancelled.id, JobStatus.cancelled)
+    assert redis_client.lrange("cpu.normal", 0, -1) == [lost_message]  # the cancelled one's message is gone
+    redis_client.delete("cpu.normal")
+    assert store.requeue_lost_message(lost.id)
+    assert redis_client.lrange("cpu.normal", 0, -1) == [lost_message]
