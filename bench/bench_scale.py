@@ -5,17 +5,22 @@ Starts its own redis-server, API (one uvicorn process) and Celery workers, then 
 10^3, 10^4 and 10^5 queued jobs measures:
 
 - fill: jobs/s stored through ``JobStore.submit`` (the store, no HTTP; 4 threads);
-- submit saturation: ``POST /v1/jobs`` closed loop, 16 connections, jobs/s;
+- submit saturation: ``POST /v1/jobs`` closed loop, 16 connections, jobs/s; and the same
+  through ``POST /v1/jobs:batch`` (batches of BATCH_SIZE, 4 connections), jobs/s;
 - submit and status p99 at an offered 200 req/s (open loop, bench/run.py's client),
   also on an empty farm (the baseline of the 1.5x target);
 - Redis memory per queued job, and per finished job kept for retention (1,000 jobs
   taken off the queue and finished with a result, as a worker would);
 - ``GET /v1/jobs`` p99 for the first page and for a page halfway down the cursor;
 - one aging pass, one expiry pass and one orphan scan (the functions beat runs),
-  with the Redis commands each sent;
+  with the Redis commands each sent; before the expiry pass EXPIRED_SAMPLE finished jobs
+  pass their retention, so the pass has real work (at most its batch of 500);
 - the Celery worker's rate with that many jobs waiting (``probe`` jobs on a tiny clip).
 
-Then the operator's one Redis read for 10, 100 and 1,000 pools (4 queues each). Each
+Then the operator's one Redis read for 10, 100 and 1,000 pools (4 queues each), and
+what Redis's one thread spends (its own per-call CPU time, INFO commandstats) on one
+submit, on a job of a batch, and on one progress PUBLISH with 0, 100 and 1,000 SSE
+subscribers: the ceilings of one Redis (``--redis-costs`` measures only these). Each
 figure gets a growth class fitted to its three points (bench/growth.py) and, where
 the issue sets one, a target verdict. Writes bench/results/scale-latest.json.
 
@@ -63,6 +68,9 @@ PRIORITIES = (Priority.critical, Priority.high, Priority.normal, Priority.low)
 TARGETS = {"latency_vs_empty": 1.5, "list_first_page_p99_ms": 20.0, "bytes_per_queued_job": 2048,
            "operator_read_ms_1000_pools": 50.0}
 FINISHED_SAMPLE = 1_000
+BATCH_SIZE = 100
+EXPIRED_SAMPLE = 1_000
+MEMORY_SAMPLE = 5_000
 RESULT = {"format": "json", "streams": [{"index": 0, "codec_type": "video"}], "duration": 0.5}
 
 
@@ -125,6 +133,17 @@ class Farm:
         self.redis.delete("bench.side")
         return (self.memory() - before) / sample
 
+    def expire_some(self, count: int) -> None:
+        """``count`` finished jobs whose 1 s retention has passed (records gone, index entries due)."""
+        store = JobStore(self.server.client(), retention_seconds=1)
+        for _ in range(count):
+            job = new_job(self.kind, input=self.clip.as_uri(), params={}, priority=Priority.low)
+            store.submit(job, job_message(self.kind, job, queue="bench.side"))
+            store.transition(job.id, JobStatus.running, fields={"worker": "bench@pod"})
+            store.transition(job.id, JobStatus.succeeded, fields={"progress": 100})
+        self.redis.delete("bench.side")
+        time.sleep(1.5)
+
     # -- HTTP ---------------------------------------------------------------------------------------
 
     def latency(self, method: str, make_path: Callable[[int], str], body: bytes | None, duration_s: float) -> dict:
@@ -142,7 +161,8 @@ class Farm:
                 "errors": summary["errors"], "achieved_rps": summary["achieved_rps"],
                 "ids": [json.loads(s.body).get("id") for s in samples if s.ok and s.body[:1] == b"{"]}
 
-    def saturation(self, body: bytes, seconds: float, connections: int = 16) -> float:
+    def saturation(self, body: bytes, seconds: float, connections: int = 16, path: str = "/v1/jobs",
+                   jobs_per_request: int = 1) -> float:
         async def go():
             client = make_client("raw", self.base_url)
             done = 0
@@ -151,8 +171,8 @@ class Farm:
             async def worker():
                 nonlocal done
                 while asyncio.get_running_loop().time() < deadline:
-                    status, _ = await client.request("POST", "/v1/jobs", body)
-                    done += 200 <= status < 300
+                    status, _ = await client.request("POST", path, body)
+                    done += jobs_per_request if 200 <= status < 300 else 0
 
             try:
                 started = asyncio.get_running_loop().time()
@@ -249,12 +269,62 @@ def operator_read_ms(server: RedisServer, pools: int, reads: int, distinct: bool
     return {"p50_ms": percentile(times, 50) * 1000, "p99_ms": percentile(times, 99) * 1000}
 
 
+def redis_costs(server: RedisServer, jobs: int = 2_000) -> dict[str, float]:
+    """Redis-side CPU per call (µs, INFO commandstats), so the ceilings of one Redis come
+    from measurement: submits/s = 1e6 / µs per submit, and so on."""
+    from renderfarm.core.store import events_channel
+
+    client = server.client()
+    store = JobStore(server.client())
+    kind = get_kind("probe")
+    uri = "file:///data/inputs/bench-scale-clip.mp4"
+
+    def usec(command: str) -> float:
+        stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+        return float(stats.get("usec", 0)) / max(1, int(stats.get("calls", 0)))
+
+    out: dict[str, float] = {}
+    jobs_list = [new_job(kind, input=uri, params={}, priority=PRIORITIES[i % 4]) for i in range(jobs)]
+    messages = [job_message(kind, job, queue="bench.costs") for job in jobs_list]
+    store.submit(jobs_list[0], messages[0])  # loads the script
+    client.config_resetstat()
+    for job, message in zip(jobs_list[1:], messages[1:]):
+        store.submit(job, message)
+    out["submit_us"] = usec("evalsha")
+    batch_jobs = [new_job(kind, input=uri, params={}, priority=Priority.normal) for _ in range(jobs)]
+    batch_messages = [job_message(kind, job, queue="bench.costs") for job in batch_jobs]
+    store.submit_batch("warm", "bench", batch_jobs[:1], batch_messages[:1])
+    client.config_resetstat()
+    for i in range(1, jobs, BATCH_SIZE):
+        store.submit_batch(f"b{i}", "bench", batch_jobs[i:i + BATCH_SIZE], batch_messages[i:i + BATCH_SIZE])
+    out["batch_job_us"] = usec("evalsha") / BATCH_SIZE
+    event = json.dumps({"job_id": "x" * 32, "status": "running", "progress": 42.5, "stage": "encode",
+                        "message": "", "at": "2026-01-01T00:00:00+00:00"})
+    for subscribers in (0, 100, 1000):
+        listeners = []
+        for _ in range(subscribers):
+            pubsub = redis.Redis(port=server.port).pubsub()
+            pubsub.subscribe(events_channel("watched"))
+            listeners.append(pubsub)
+        for pubsub in listeners:
+            pubsub.get_message(timeout=1)  # the subscribe confirmation
+        client.config_resetstat()
+        for _ in range(200):
+            client.publish(events_channel("watched"), event)
+        out[f"publish_{subscribers}_subscribers_us"] = usec("publish")
+        for pubsub in listeners:
+            pubsub.close()
+    client.flushall()
+    return out
+
+
 def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, Any]:
-    from renderfarm.worker.beat import age_waiting_jobs, recover_orphans
+    from renderfarm.worker.beat import EXPIRY_BATCH, age_waiting_jobs, recover_orphans
 
     farm = Farm(workdir, quick)
     duration = 4.0 if quick else 8.0
     body = json.dumps({"kind": "probe", "input": farm.clip.as_uri(), "priority": "normal"}).encode()
+    batch_body = json.dumps({"jobs": [json.loads(body)] * BATCH_SIZE}).encode()
     results: dict[str, Any] = {"levels": list(levels), "rate": RATE, "by_level": {}}
     try:
         # Empty farm: the baseline the 1.5x latency target is measured against.
@@ -267,11 +337,16 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
         queued = 0
         for level in levels:
             row: dict[str, Any] = {}
-            added = max(1, level - queued)  # the earlier levels' jobs (less those run) are still queued
+            # The earlier levels' jobs (less those run) are still queued, and the HTTP phases add
+            # thousands more: at least MEMORY_SAMPLE jobs are added, so bytes per job is a mean
+            # over a sample and not the allocator's rounding of one job.
+            added = max(MEMORY_SAMPLE // (10 if quick else 1), level - queued)
             memory_before = farm.memory()
             row["fill_jobs_per_s"] = farm.fill(added)
             row["bytes_per_queued_job"] = (farm.memory() - memory_before) / added
             row["saturation_jobs_per_s"] = farm.saturation(body, 2.0 if quick else 4.0)
+            row["batch_saturation_jobs_per_s"] = farm.saturation(batch_body, 2.0 if quick else 4.0, connections=4,
+                                                                 path="/v1/jobs:batch", jobs_per_request=BATCH_SIZE)
             submit = farm.latency("POST", lambda i: "/v1/jobs", body, duration)
             ids = submit.pop("ids")
             status = farm.latency("GET", lambda i: f"/v1/jobs/{ids[i % len(ids)]}", None, duration)
@@ -284,7 +359,9 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
             row["list_deep_page"] = farm.list_p99(encode_cursor(int(middle[1]), middle[0]), 100 if quick else 300)
             settings = Settings(redis_url=farm.server.url, aging_seconds=600, orphan_after_s=30)
             row["aging_pass"] = farm.timed_pass(lambda: age_waiting_jobs(farm.store, settings))
-            row["expiry_pass"] = farm.timed_pass(lambda: farm.store.purge_expired_index_entries())
+            farm.expire_some(EXPIRED_SAMPLE // (4 if quick else 1))
+            row["expiry_backlog"] = farm.store.expiry_backlog()
+            row["expiry_pass"] = farm.timed_pass(lambda: farm.store.expire_due(EXPIRY_BATCH))
             row["orphan_scan"] = farm.timed_pass(lambda: recover_orphans(farm.store, settings))
             row["bytes_per_finished_job"] = farm.finished_bytes_per_job(FINISHED_SAMPLE // (4 if quick else 1))
             queued_now = sum(farm.redis.llen(k) for p in PRIORITIES for k in redis_list_keys(f"cpu.{p.value}"))
@@ -298,6 +375,7 @@ def measure(workdir: Path, levels: tuple[int, ...], quick: bool) -> dict[str, An
                                     for pools in (10, 100, 1000)}
         results["operator_read_distinct_queues"] = {
             pools: operator_read_ms(farm.server, pools, 20 if quick else 100, True) for pools in (10, 100, 1000)}
+        results["redis_costs"] = redis_costs(farm.server)
     finally:
         farm.close()
     return results
@@ -340,6 +418,8 @@ def figures(results: dict[str, Any]) -> list[tuple[str, list[float], str, Callab
     return [
         ("fill through JobStore.submit (jobs/s)", [r["fill_jobs_per_s"] for r in rows], "", info),
         ("submit saturation, 1 API process (jobs/s)", [r["saturation_jobs_per_s"] for r in rows], "", info),
+        (f"batch submit saturation, {BATCH_SIZE}/batch (jobs/s)",
+         [r.get("batch_saturation_jobs_per_s", 0.0) for r in rows], "", info),
         ("submit p50 at 200/s (ms)", [r["submit"]["p50_ms"] for r in rows], "", info),
         ("submit p99 at 200/s (ms)", [r["submit"]["p99_ms"] for r in rows], "",
          within(TARGETS["latency_vs_empty"], "submit")),
@@ -382,7 +462,20 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{what:44s}" + "".join(f"{p:>12,}" for p in pools))
         lines.append(f"{'':44s}" + "".join(f"{y:12.2f}" for y in ys) +
                      f"  {growth:7s} <= {limit:g} ms at 1,000: {'PASS' if ys[-1] <= limit else 'MISS'}")
+    lines += _costs_lines(results.get("redis_costs"))
     return "\n".join(lines)
+
+
+def _costs_lines(costs: dict[str, float] | None) -> list[str]:
+    if not costs:
+        return []
+    return [
+        "Redis CPU per call (its one thread):",
+        f"  one submit {costs['submit_us']:.0f} us (ceiling {1e6 / costs['submit_us']:,.0f} submits/s); "
+        f"a job of a batch {costs['batch_job_us']:.0f} us (ceiling {1e6 / costs['batch_job_us']:,.0f} jobs/s)",
+        "  one progress PUBLISH with 0 / 100 / 1,000 subscribers: " +
+        " / ".join(f"{costs[f'publish_{n}_subscribers_us']:.1f}" for n in (0, 100, 1000)) + " us",
+    ]
 
 
 def main() -> None:
@@ -390,12 +483,23 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(str(x) for x in LEVELS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "bench" / "results"))
+    parser.add_argument("--redis-costs", action="store_true", help="measure only Redis's CPU per call and exit")
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved run (scale-latest.json) and exit")
     args = parser.parse_args()
     if args.table:
         saved = json.loads(Path(args.table).read_text())
         saved["by_level"] = {int(k): v for k, v in saved["by_level"].items()}
         print(table(saved))
+        return
+    if args.redis_costs:
+        workdir = Path(tempfile.mkdtemp(prefix="rf-bench-costs-"))
+        server = RedisServer(workdir / "redis").start()
+        try:
+            server.client().config_set("appendonly", "no")
+            print("\n".join(_costs_lines(redis_costs(server))))
+        finally:
+            server.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
         return
     levels = tuple(int(x) for x in args.levels.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="rf-bench-scale-"))

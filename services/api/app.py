@@ -13,7 +13,7 @@ from renderfarm import __version__
 from renderfarm.api.auth import KeyRing
 from renderfarm.api.errors import error_body, error_responses, install_error_handlers
 from renderfarm.api.metrics import ApiMetrics
-from renderfarm.api.routers import farm, jobs, pools, queues, review, storage, workflows
+from renderfarm.api.routers import batches, farm, jobs, pools, queues, review, storage, workflows
 from renderfarm.core.redis_conn import redis_client
 from renderfarm.core.settings import Settings, get_settings
 from renderfarm.core.store import JobStore
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics(store)
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(queues.router)
     app.include_router(farm.router)
     app.include_router(pools.router)

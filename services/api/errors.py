@@ -60,6 +60,9 @@ def _field_errors(exc: RequestValidationError) -> list[dict]:
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)]
         item = {"field": ".".join(loc), "message": err.get("msg", ""), "type": err.get("type", "")}
+        raw_loc = tuple(err.get("loc", ()))
+        if raw_loc[:2] == ("body", "jobs") and len(raw_loc) > 2 and isinstance(raw_loc[2], int):
+            item["index"] = raw_loc[2]  # which job of a batch submit
         ctx = err.get("ctx") or {}
         if "expected_tags" in ctx:
             item["allowed"] = [tag.strip(" '") for tag in str(ctx["expected_tags"]).split(",")]

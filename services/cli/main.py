@@ -29,6 +29,7 @@ from renderfarm.cli.client import (
     RenderfarmClient,
     resolve_api_key,
 )
+from renderfarm.cli.batch import batch_app
 from renderfarm.cli.params import ParamError, build_params, input_uri, parse_labels
 from renderfarm.cli.render import (
     TERMINAL,
@@ -68,6 +69,7 @@ app.add_typer(apikey_app, name="apikey")
 pool_app = typer.Typer(help="Steer a worker pool (its WorkerPool on Kubernetes; needs an admin key).",
                        no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
+app.add_typer(batch_app, name="batch")
 
 
 @dataclass

@@ -7,13 +7,8 @@ To do that it builds the exact message ``Task.apply_async`` would publish.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import socket
 import uuid
-
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
 def celery_message(
@@ -27,50 +22,60 @@ def celery_message(
     enqueued_at: float | None = None,
     trace_headers: dict[str, str] | None = None,
 ) -> str:
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {
+    """The message, as small as Celery and kombu accept it (it is most of what a queued
+    job costs in Redis): headers Celery reads with a default (shadow, eta, expires,
+    retries, root_id, group, parent_id, argsrepr, origin, stamps...) are left out, and the body is plain
+    JSON, not base64. With ``enqueued_at`` given it is a pure function of its arguments
+    (the delivery tag comes from the id and the time), so the job store can rebuild the
+    exact bytes from the few fields in ``message_stamp`` instead of keeping a copy."""
+    # (args, kwargs, embed): the embed's callbacks, errbacks, chain and chord default to None.
+    body = json.dumps([args, {}, {}], separators=(",", ":"))
+    headers: dict = {
         "lang": "py",
         "task": task_name,
         "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
         "timelimit": [time_limit_s, soft_time_limit_s],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": repr(args),
-        "kwargsrepr": "{}",
-        "origin": _ORIGIN,
         "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
         # Read by queue stats (oldest waiting age) and by priority aging.
         "rf_enqueued_at": enqueued_at,
     }
     # W3C trace context of the publish (renderfarm.core.tracing); the worker's run joins its trace.
-    headers.update({k: v for k, v in (trace_headers or {}).items() if k in ("traceparent", "tracestate")})
+    headers.update({k: v for k, v in (trace_headers or {}).items() if k in TRACE_HEADERS and v})
+    tag = f"{task_id}.{int(enqueued_at * 1_000_000)}" if enqueued_at is not None else str(uuid.uuid4())
     envelope = {
-        "body": base64.b64encode(body.encode()).decode(),
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
         "properties": {
             "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
             # Exchange and routing key as Celery's default per-queue direct exchange:
             # kombu uses them to put a message back (worker shutdown, recovery).
             "delivery_info": {"exchange": queue, "routing_key": queue},
             "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": tag,
         },
     }
-    return json.dumps(envelope)
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+# The job-record fields that, with the job's id and kind, rebuild its queue message
+# exactly (``message_stamp`` reads them from a message; the store keeps them on the job).
+STAMP_QUEUE = "message_queue"
+STAMP_AT = "message_at"
+
+
+def message_stamp(raw: str) -> dict[str, str]:
+    """What a message adds to its job's id and kind: the queue it was published to, when,
+    and its trace context (only those present)."""
+    envelope = json.loads(raw)
+    headers = envelope["headers"]
+    stamp = {STAMP_QUEUE: envelope["properties"]["delivery_info"]["routing_key"],
+             STAMP_AT: repr(float(headers["rf_enqueued_at"]))}
+    stamp.update({name: headers[name] for name in TRACE_HEADERS if headers.get(name)})
+    return stamp
 
 
 # kombu's Redis transport keeps a delivered, not yet acknowledged message in this hash
@@ -103,3 +108,21 @@ def message_task_id(raw: str) -> str | None:
         return json.loads(raw)["headers"]["id"]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def job_task_message(kind, job_id: str, queue: str, enqueued_at: float,
+                     trace_headers: dict[str, str] | None = None) -> str:
+    """The message that runs job ``job_id`` of ``kind`` (a registry JobKind): the job id
+    is also the task id and the task's one argument."""
+    return celery_message(task_name=kind.task_name, task_id=job_id, queue=queue, args=[job_id],
+                          soft_time_limit_s=kind.soft_time_limit_s, time_limit_s=kind.time_limit_s,
+                          enqueued_at=enqueued_at, trace_headers=trace_headers)
+
+
+def message_from_record(kind, record: dict[str, str]) -> str | None:
+    """Rebuild, byte for byte, the message last queued for a job from its record (its
+    ``id`` and the ``message_stamp`` fields); None for a record without a stamp."""
+    if not record.get(STAMP_AT) or not record.get(STAMP_QUEUE):
+        return None
+    return job_task_message(kind, record["id"], record[STAMP_QUEUE], float(record[STAMP_AT]),
+                            {name: record[name] for name in TRACE_HEADERS if record.get(name)})

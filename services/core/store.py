@@ -8,6 +8,8 @@ Key layout (all under ``rf:``):
 - ``rf:jobs:kind:<kind>``       zset: jobs by kind, same score
 - ``rf:tenant:<t>:jobs``        zset: one tenant's jobs, same score (its listing reads
   only these, and ``rf:tenant:<t>:status:<status>`` / ``rf:tenant:<t>:kind:<kind>``)
+- ``rf:jobs:expires``           zset: ``expiry.expiry_member`` of each finished job -> when its record
+  expires (epoch s): the expiry pass reads only the due entries, never all jobs
 - ``rf:idem:<tenant>:<key>``    string: "<job id> <body hash>" for Idempotency-Key
 - ``rf:review``                 zset: jobs that failed for good (the dead-letter set, worked
   through by manual review), scored by when they failed (epoch s); per tenant
@@ -20,6 +22,8 @@ Key layout (all under ``rf:``):
 - ``rf:events:<id>``            pub/sub channel: progress events
 - ``rf:workflows:due``          zset: ended jobs of workflow steps -> when they ended (the
   workflow engine advances each and removes it; see workflow_store.py)
+- ``rf:batch:<id>``             hash: a batch submit's tenant, size, creation time (expires with
+  retention); ``rf:batch:<id>:jobs`` list: its job ids in submit order
 
 Every status change goes through one Lua call that checks the move against
 ``jobs.allowed_sources`` (and, for a run's own writes, its attempt token), updates
@@ -31,8 +35,15 @@ Exactly once: a claim gives the run an attempt token (field ``attempt``) and a
 lease. Every later write of that run names the token, so a run that was replaced
 (its lease lapsed, it was cancelled and retried) can no longer write anything.
 Internal fields (never in the API's Job): ``attempt``, ``last_attempt``,
-``budget_base`` (attempts before the last manual retry), ``queue_message``,
-``body_hash``, ``webhook_attempts``, ``workflow`` (the workflow a step's job belongs to).
+``budget_base`` (attempts before the last manual retry), ``queue_message`` (only while
+a retry waits in ``rf:delayed``), ``body_hash``, ``webhook_attempts``, ``workflow`` (the workflow a step's job
+belongs to), ``enqueued_at``, ``run_span``, and the message
+stamp (``message_queue``, ``message_at``, trace headers; see messages.message_stamp).
+
+Memory: a queued job is its hash, six index entries and its queue message. The hash
+keeps no copy of the message (the stamp rebuilds it), and submit leaves out empty
+fields, so a queued job's hash stays within Redis's listpack encoding (values up to
+``hash-max-listpack-value``, 64 bytes by default), about a fifth of a hashtable's cost.
 """
 
 from __future__ import annotations
@@ -50,10 +61,15 @@ from typing import Any, Iterable
 import redis
 
 from renderfarm.core import queues as queue_names
+from renderfarm.core.expiry import plan_expiry
+from renderfarm.core.kinds import KINDS
 from renderfarm.core.messages import (
+    TRACE_HEADERS,
     KOMBU_UNACKED,
     KOMBU_UNACKED_INDEX,
     message_enqueued,
+    message_from_record,
+    message_stamp,
     message_task_id,
     unacked_task_id,
 )
@@ -78,6 +94,7 @@ DELAYED = f"{PREFIX}delayed"
 BEAT_HEARTBEAT = f"{PREFIX}beat"
 WEBHOOKS = f"{PREFIX}webhooks"  # zset: job id -> when its webhook is due
 LEASES = f"{PREFIX}leases"
+EXPIRES = f"{PREFIX}jobs:expires"
 INFLIGHT_PREFIX = f"{PREFIX}inflight:"
 WORKFLOW_DUE = f"{PREFIX}workflows:due"  # zset: step jobs that ended -> when; the engine advances them
 _INDEX_PREFIX = f"{PREFIX}jobs:"
@@ -122,6 +139,14 @@ def worker_key(name: str) -> str:
 
 def events_channel(job_id: str) -> str:
     return f"{PREFIX}events:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:jobs"
 
 
 def new_job_id() -> str:
@@ -201,7 +226,19 @@ def decode_job(raw: dict[str, str]) -> Job:
 
 
 _INTERNAL_FIELDS = ("body_hash", "queue_message", "webhook_attempts", "attempt", "last_attempt", "budget_base",
-                    "workflow", "enqueued_at", "run_span")
+                    "workflow", "enqueued_at", "run_span",
+                    "message_queue", "message_at", *TRACE_HEADERS)
+
+
+def compact_fields(fields: dict[str, str]) -> dict[str, str]:
+    """Leave out what decode_job (and every script) reads back as its default anyway:
+    empty values, empty JSON objects, zero counters. A new job's hash holds only what
+    says something."""
+    return {name: value for name, value in fields.items()
+            if value not in ("", "{}") and not (name in _ZERO_FIELDS and float(value) == 0)}
+
+
+_ZERO_FIELDS = ("progress", "attempts")  # counters a script reads as 0 when absent
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -305,11 +342,11 @@ return {'created', ''}
 # then moves indexes, in-flight, lease, delayed entry and dead-letter together,
 # publishes the event and returns the new record.
 # KEYS: job, all index, deadletter, delayed, webhooks, leases, events channel, status indexes...,
-#       workflow due set (last)
+#       expiry index, workflow due set (the last two)
 # ARGV: 1 id, 2 target, 3 allowed sources (",a,b,"), 4 ttl (0 = keep), 5 deadletter (0/1),
 #       6 message to queue ('' = none), 7 due time for it ('' = push now), 8 token ('' = any),
 #       9 lapsed_before ('' = no lease check), 10 in-flight key prefix, 11 event time (ISO),
-#       12 now (epoch s), 13.. field/value pairs
+#       12 now (epoch s), 13 the waiting message to take back on cancel ('' = none), 14.. field/value pairs
 _TRANSITION = _STATUS_LUA + _EVENT_LUA + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', ''} end
@@ -320,8 +357,11 @@ if ARGV[9] ~= '' then
   if lease and tonumber(lease) > tonumber(ARGV[9]) then return {'alive', current} end
 end
 local fields = {'status', ARGV[2]}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+-- The expiry index entry names the status it expires in (expiry.expiry_member); it is the
+-- second-to-last key (the workflow due set is the last).
+local expiry_tail = ' ' .. (redis.call('HGET', KEYS[1], 'kind') or '') .. ' ' .. (redis.call('HGET', KEYS[1], 'tenant') or '')
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0
 redis.call('ZREM', status_key(current, 8), ARGV[1])
 redis.call('ZADD', status_key(ARGV[2], 8), score, ARGV[1])
@@ -334,8 +374,10 @@ if ARGV[2] ~= 'running' then
   if token and token ~= '' then redis.call('HSET', KEYS[1], 'last_attempt', token) end
   redis.call('HDEL', KEYS[1], 'attempt')
 end
+redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1] .. ' ' .. current .. expiry_tail)
 if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[#KEYS - 1], tonumber(ARGV[12]) + tonumber(ARGV[4]), ARGV[1] .. ' ' .. ARGV[2] .. expiry_tail)
   local hook = redis.call('HGET', KEYS[1], 'webhook_url')
   if hook and hook ~= '' then
     redis.call('ZADD', KEYS[5], ARGV[12], ARGV[1])
@@ -357,16 +399,19 @@ if ARGV[2] == 'queued' then
   redis.call('ZREM', tenant_index(KEYS[1], 'review'), ARGV[1])
   redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0')
 end
-if ARGV[2] == 'cancelled' and current == 'queued' and queue then
-  local waiting = redis.call('HGET', KEYS[1], 'queue_message')
-  if waiting then redis.call('LREM', queue, 1, waiting) end
+if ARGV[2] == 'cancelled' and current == 'queued' and queue and ARGV[13] ~= '' then
+  -- The caller rebuilt the waiting message from the record's stamp (no copy is kept).
+  redis.call('LREM', queue, 1, ARGV[13])
 end
 if ARGV[2] ~= 'retrying' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[1], 'queue_message', ARGV[6], 'enqueued_at', ARGV[7] ~= '' and ARGV[7] or ARGV[12])
+  redis.call('HSET', KEYS[1], 'enqueued_at', ARGV[7] ~= '' and ARGV[7] or ARGV[12])
   if ARGV[7] ~= '' then
+    -- Only a retry waiting in the delayed set keeps its message: promotion pushes it.
+    redis.call('HSET', KEYS[1], 'queue_message', ARGV[6])
     redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
   else
+    redis.call('HDEL', KEYS[1], 'queue_message')
     redis.call('LPUSH', queue, ARGV[6])
   end
 end
@@ -521,19 +566,65 @@ return n
 
 # A waiting job whose message is nowhere (not in its queue, not delayed, not being
 # delivered) gets it back. Every check again here, atomically: still waiting, the same
-# message, not delayed.
-# KEYS: job, delayed  ARGV: id, expected message
+# message (its stamp's time; the caller rebuilt it from that stamp), not delayed.
+# KEYS: job, delayed  ARGV: id, message, its stamp time
 _REQUEUE_LOST = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'retrying' then return 0 end
-if redis.call('HGET', KEYS[1], 'queue_message') ~= ARGV[2] then return 0 end
+if (redis.call('HGET', KEYS[1], 'message_at') or '') ~= ARGV[3] then return 0 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[2])
 return 1
 """
 
 
+# A batch: every job stored with its indexes and queue message, plus the batch record,
+# in one call, or nothing (an idempotent replay). Redis runs a script whole, and every
+# check (the idempotency key) comes before the first write, so there is no half batch.
+# KEYS: idem ('' for none), batch, batch jobs, all index, status indexes..., then per job:
+#       job, queue list, kind index
+# ARGV: 1 idem value, 2 ttl (idem and batch record), 3 job count, 4 batch field count,
+#       batch field/value pairs, then per job: id, score, message, field count, field/value pairs
+_SUBMIT_BATCH = _STATUS_LUA + """
+if KEYS[1] ~= '' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {'exists', existing} end
+end
+local first_job_key = 5 + %d  -- after idem, batch, batch jobs, all and the status indexes
+local at = 5
+local batch_fields = {}
+for i = 1, tonumber(ARGV[4]) do batch_fields[i] = ARGV[at]; at = at + 1 end
+redis.call('HSET', KEYS[2], unpack(batch_fields))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+for j = 0, tonumber(ARGV[3]) - 1 do
+  local job, queue, kind_index = KEYS[first_job_key + 3 * j], KEYS[first_job_key + 3 * j + 1], KEYS[first_job_key + 3 * j + 2]
+  local id, score, message, count = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+  at = at + 4
+  local fields = {}
+  for i = 1, count do fields[i] = ARGV[at]; at = at + 1 end
+  -- What _SUBMIT does for one job.
+  redis.call('HSET', job, unpack(fields))
+  redis.call('ZADD', KEYS[4], score, id)
+  redis.call('ZADD', status_key('queued', 5), score, id)
+  redis.call('ZADD', kind_index, score, id)
+  local kind = redis.call('HGET', job, 'kind')
+  redis.call('ZADD', tenant_index(job, 'jobs'), score, id)
+  redis.call('ZADD', tenant_index(job, 'status:queued'), score, id)
+  redis.call('ZADD', tenant_index(job, 'kind:' .. kind), score, id)
+  redis.call('LPUSH', queue, message)
+  redis.call('RPUSH', KEYS[3], id)
+end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return {'created', ''}
+""" % len(_STATUS_ORDER)
+
+
 class JobNotFound(KeyError):
+    pass
+
+
+class BatchNotFound(KeyError):
     pass
 
 
@@ -688,7 +779,9 @@ redis.call('ZREM', status_key('failed', 5), ARGV[1])
 redis.call('ZADD', status_key('queued', 5), score, ARGV[1])
 move_tenant_status(KEYS[1], ARGV[1], 'failed', 'queued', score)
 redis.call('PERSIST', KEYS[1])
-redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0', 'queue_message', ARGV[3])
+-- The message's stamp came with the fields (the record keeps no copy of the message).
+redis.call('HSET', KEYS[1], 'budget_base', redis.call('HGET', KEYS[1], 'attempts') or '0')
+redis.call('HDEL', KEYS[1], 'queue_message')
 redis.call('LPUSH', redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
 publish_event(KEYS[1], KEYS[4], ARGV[1], ARGV[5])
 return {'ok', status, redis.call('HGETALL', KEYS[1])}
@@ -772,6 +865,7 @@ class JobStore:
         self._promote_due = client.register_script(_PROMOTE_DUE)
         self._move_tail = client.register_script(_MOVE_TAIL)
         self._requeue_lost = client.register_script(_REQUEUE_LOST)
+        self._submit_batch = client.register_script(_SUBMIT_BATCH)
 
     _STATUS_KEYS = [status_index(status) for status in _STATUS_ORDER]
 
@@ -786,7 +880,7 @@ class JobStore:
         idem = idempotency_key(job.tenant, job.idempotency_key) if job.idempotency_key else ""
         fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
         fields["body_hash"] = body_hash
-        fields["queue_message"] = message
+        fields = compact_fields(fields) | message_stamp(message)
         flat = [item for pair in fields.items() for item in pair]
         outcome, existing = self._submit(
             keys=[job_key(job.id), job.queue, idem, INDEX_ALL, kind_index(job.kind), *self._STATUS_KEYS],
@@ -830,15 +924,19 @@ class JobStore:
         sources = ",".join(s.value for s in allowed_sources(target))
         ttl = self.retention_seconds if target in TERMINAL_STATUSES else 0
         encoded = encode_fields(fields or {})
+        if requeue_message:
+            # The new message's stamp replaces the last one (trace headers it lacks are blanked).
+            encoded |= {name: "" for name in TRACE_HEADERS} | message_stamp(requeue_message)
         flat = [item for pair in encoded.items() for item in pair]
+        withdraw = self._waiting_message(job_id) if target == JobStatus.cancelled else None
         now = _now()
         reply = self._transition(
             keys=[job_key(job_id), INDEX_ALL, DEADLETTER, DELAYED, WEBHOOKS, LEASES, events_channel(job_id),
-                  *self._STATUS_KEYS, WORKFLOW_DUE],
+                  *self._STATUS_KEYS, EXPIRES, WORKFLOW_DUE],
             args=[job_id, target.value, f",{sources},", ttl, "1" if dead_letter else "0",
                   requeue_message or "", "" if due_at is None else repr(due_at), token or "",
                   "" if lapsed_before is None else repr(lapsed_before), INFLIGHT_PREFIX, _iso_now(), repr(now),
-                  *flat],
+                  withdraw or "", *flat],
         )
         outcome, current = reply[0], reply[1]
         if outcome == "missing":
@@ -850,6 +948,14 @@ class JobStore:
         if outcome == "alive":
             raise LeaseAlive(job_id)
         return decode_job(_pairs(reply[2]))
+
+    def _waiting_message(self, job_id: str, record: dict[str, str] | None = None) -> str | None:
+        """The queue message of a waiting job, rebuilt from its record's stamp (a record
+        written before stamps existed still holds its copy in ``queue_message``)."""
+        record = self.redis.hgetall(job_key(job_id)) if record is None else record
+        kind = KINDS.get(record.get("kind", ""))
+        rebuilt = message_from_record(kind, record) if kind is not None and record.get("id") else None
+        return rebuilt or record.get("queue_message")
 
     def schedule_retry(self, job_id: str, token: str | None, message: str, delay_s: float,
                        fields: dict[str, Any]) -> Job:
@@ -1133,16 +1239,26 @@ class JobStore:
                                    args=[len(messages), *messages, *job_ids, *map(repr, queued_at),
                                          job_key(""), scan_limit]))
 
-    def waiting_messages(self) -> dict[str, str]:
-        """Queued or retrying job id -> the message that should be somewhere for it."""
-        ids = self.redis.zrange(status_index(JobStatus.queued), 0, -1) + \
+    def waiting_job_ids(self) -> list[str]:
+        """Queued or retrying jobs: each should have a message somewhere."""
+        return self.redis.zrange(status_index(JobStatus.queued), 0, -1) + \
             self.redis.zrange(status_index(JobStatus.retrying), 0, -1)
-        if not ids:
-            return {}
+
+    def messages_cover_waiting(self, queues: Iterable[str], delivery_grace_s: float) -> bool:
+        """Whether there are at least as many messages (queued, delayed, or delivered less
+        than ``delivery_grace_s`` ago) as waiting jobs: counters only, a few commands
+        whatever the number of jobs. When they do, no message can be missing unless
+        stray messages make up for it, which the occasional full check catches."""
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(job_key(job_id), "queue_message")
-        return {job_id: message for job_id, message in zip(ids, pipe.execute()) if message}
+        pipe.zcard(status_index(JobStatus.queued))
+        pipe.zcard(status_index(JobStatus.retrying))
+        for queue in queues:
+            for key in queue_names.redis_list_keys(queue):
+                pipe.llen(key)
+        pipe.zcard(DELAYED)
+        pipe.zcount(KOMBU_UNACKED_INDEX, repr(_now() - delivery_grace_s), "+inf")
+        queued, retrying, *messages = pipe.execute()
+        return sum(messages) >= queued + retrying
 
     def job_ids_with_a_message(self, queues: Iterable[str], delivery_grace_s: float) -> set[str]:
         """Jobs whose message is in a queue (any of its lists), in the delayed set, or
@@ -1164,36 +1280,102 @@ class JobStore:
         found.update(job_id for tag, raw in unacked.items() if tag in recent and (job_id := unacked_task_id(raw)))
         return found
 
-    def requeue_lost_message(self, job_id: str, message: str) -> bool:
-        """Push a waiting job's message back, if it is still waiting for that message and not delayed."""
-        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED], args=[job_id, message]))
+    def requeue_lost_message(self, job_id: str) -> bool:
+        """Push a waiting job's message (rebuilt from its stamp) back, if it is still
+        waiting for that message and not delayed."""
+        record = self.redis.hgetall(job_key(job_id))
+        message = self._waiting_message(job_id, record)
+        if message is None:
+            return False
+        return bool(self._requeue_lost(keys=[job_key(job_id), DELAYED],
+                                       args=[job_id, message, record.get("message_at", "")]))
+
+    def expire_due(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
+        """One bounded expiry pass: at most ``limit`` due entries of the expiry index (see
+        renderfarm.core.expiry), never a scan of all jobs. Returns (entries handled, index
+        entries removed); a pass that handled ``limit`` leaves more for the next one."""
+        now = _now() if now is None else now
+        due = self.redis.zrangebyscore(EXPIRES, "-inf", repr(now), start=0, num=limit)
+        if not due:
+            return 0, 0
+        pipe = self.redis.pipeline(transaction=False)
+        for member in due:
+            pipe.pttl(job_key(member.split(" ", 1)[0]))
+        plan = plan_expiry(due, pipe.execute(), now)
+        pipe = self.redis.pipeline(transaction=True)
+        for job in plan.gone:
+            for index in (INDEX_ALL, status_index(job.status), kind_index(job.kind), tenant_index(job.tenant),
+                          tenant_status_index(job.tenant, job.status), tenant_kind_index(job.tenant, job.kind)):
+                pipe.zrem(index, job.job_id)
+            if job.status == JobStatus.failed.value:
+                pipe.zrem(DEADLETTER, job.job_id)  # out of review too
+                pipe.zrem(tenant_review_index(job.tenant), job.job_id)
+        removals = len(pipe)
+        for member, when in plan.rescore.items():
+            pipe.zadd(EXPIRES, {member: when}, xx=True)  # xx: a retry meanwhile took the entry out
+        if plan.forget:
+            pipe.zrem(EXPIRES, *plan.forget)
+        results = pipe.execute()
+        return len(due), sum(int(n) for n in results[:removals])
+
+    def expiry_backlog(self, now: float | None = None) -> int:
+        """How many finished jobs are past their retention and not cleaned up yet."""
+        return int(self.redis.zcount(EXPIRES, "-inf", repr(_now() if now is None else now)))
 
     def purge_expired_index_entries(self, batch: int = 500) -> int:
-        """Drop index entries whose job record has expired (retention). Returns how many."""
-        removed = 0
-        indexes = [INDEX_ALL] + [status_index(s) for s in JobStatus] + list(self.redis.scan_iter(f"{_INDEX_PREFIX}kind:*"))
-        indexes += list(self.redis.scan_iter(f"{_TENANT_PREFIX}*"))
-        for index in indexes:
-            start = 0
-            while True:
-                ids = self.redis.zrange(index, start, start + batch - 1)
-                if not ids:
-                    break
-                pipe = self.redis.pipeline(transaction=False)
-                for job_id in ids:
-                    pipe.exists(job_key(job_id))
-                missing = [job_id for job_id, exists in zip(ids, pipe.execute()) if not exists]
-                if missing:
-                    self.redis.zrem(index, *missing)
-                    removed += len(missing)
-                start += batch - len(missing)
-        # Review (dead-letter) entries whose job expired are noise too.
+        """Drop index entries whose job record has expired (retention), at most ``batch``
+        jobs' worth per call (expire_due), after adopting a dead-letter list an older
+        release left. Returns how many entries went."""
         self.adopt_legacy_dead_letter()
-        for job_id in self.redis.zrange(DEADLETTER, 0, -1):
-            if not self.redis.exists(job_key(job_id)):
-                self.redis.zrem(DEADLETTER, job_id)
-                removed += 1
-        return removed
+        return self.expire_due(batch)[1]
+
+
+    # -- batches ------------------------------------------------------------------------
+
+    def submit_batch(self, batch_id: str, tenant: str, jobs: list[Job], messages: list[str], *,
+                     idempotency_key: str | None = None, body_hash: str = "") -> tuple[str, bool]:
+        """Store every job of a batch with its queue message, and the batch record, in one
+        atomic call: all or none. Returns (batch id, created); with an idempotency key, a
+        replay of the same body returns the first batch's id, a different body raises
+        IdempotencyConflict."""
+        idem = idempotency_key_for_batch(tenant, idempotency_key) if idempotency_key else ""
+        keys = [idem, batch_key(batch_id), batch_jobs_key(batch_id), INDEX_ALL, *self._STATUS_KEYS]
+        record = {"id": batch_id, "tenant": tenant, "count": str(len(jobs)), "created_at": repr(_now())}
+        args: list[Any] = [f"{batch_id} {body_hash}", self.retention_seconds, len(jobs), 2 * len(record),
+                           *[item for pair in record.items() for item in pair]]
+        for job, message in zip(jobs, messages, strict=True):
+            fields = compact_fields(encode_fields(job.model_dump(exclude_none=False))) | message_stamp(message)
+            keys += [job_key(job.id), job.queue, kind_index(job.kind)]
+            args += [job.id, _score(job.created_at.timestamp()), message, 2 * len(fields),
+                     *[item for pair in fields.items() for item in pair]]
+        outcome, existing = self._submit_batch(keys=keys, args=args)
+        if outcome == "created":
+            return batch_id, True
+        existing_id, _, existing_hash = existing.partition(" ")
+        if existing_hash != body_hash:
+            raise IdempotencyConflict(existing_id)
+        return existing_id, False
+
+    def batch(self, batch_id: str) -> dict[str, str]:
+        record = self.redis.hgetall(batch_key(batch_id))
+        if not record:
+            raise BatchNotFound(batch_id)
+        return record
+
+    def batch_job_ids(self, batch_id: str, offset: int = 0, limit: int = -1) -> list[str]:
+        return self.redis.lrange(batch_jobs_key(batch_id), offset, -1 if limit < 0 else offset + limit - 1)
+
+    def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's status (None: its record expired), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "status")
+        return pipe.execute()
+
+
+def idempotency_key_for_batch(tenant: str, key: str) -> str:
+    """A batch's Idempotency-Key lives apart from single jobs' keys of the same tenant."""
+    return idempotency_key(tenant, f"batch:{key}")
 
     def workflow_of(self, job_id: str) -> str | None:
         """The workflow whose step this job runs (None for a plain job)."""
@@ -1235,7 +1417,7 @@ class JobStore:
         """A job in review goes back to ``queued`` with a fresh retry budget, its message
         on its (maybe new) queue, the action appended to its review log: one atomic call,
         so a crash leaves it either in review or queued, never neither."""
-        encoded = encode_fields(fields or {})
+        encoded = encode_fields(fields or {}) | {name: "" for name in TRACE_HEADERS} | message_stamp(message)
         flat = [item for pair in encoded.items() for item in pair]
         reply = self._script("review_requeue", _REVIEW_REQUEUE)(
             keys=[job_key(job_id), DEADLETTER, INDEX_ALL, events_channel(job_id), *self._STATUS_KEYS],
@@ -1333,9 +1515,9 @@ end
 def job_record_args(job: Job, message: str, *, workflow: str = "") -> tuple[list[str], list[str]]:
     """(keys, args) for one ``create_job`` call: job key, queue, all/kind/queued indexes;
     id, score, message, then the encoded field pairs (count first)."""
+    # As _SUBMIT stores a job: no empty fields, and the message's stamp instead of a copy.
     fields = encode_fields(job.model_dump(exclude_none=False) | {"result": job.result, "error": job.error})
-    fields["body_hash"] = ""
-    fields["queue_message"] = message
+    fields = compact_fields(fields) | message_stamp(message)
     if workflow:
         fields["workflow"] = workflow
     flat = [item for pair in fields.items() for item in pair]
@@ -1354,6 +1536,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "JobStore",
     "JobNotFound",
+    "BatchNotFound",
     "TransitionConflict",
     "StaleAttempt",
     "LeaseAlive",

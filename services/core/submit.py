@@ -8,7 +8,7 @@ from typing import Any
 
 from renderfarm.core.jobs import Job, JobStatus
 from renderfarm.core.kinds import JobKind
-from renderfarm.core.messages import celery_message
+from renderfarm.core.messages import job_task_message
 from renderfarm.core.queues import Priority, queue_name
 from renderfarm.core.store import new_job_id
 
@@ -43,13 +43,4 @@ def new_job(
 def job_message(kind: JobKind, job: Job, *, queue: str | None = None,
                 trace_headers: dict[str, str] | None = None) -> str:
     """The Celery message that runs ``job`` (the job id is also the task id)."""
-    return celery_message(
-        task_name=kind.task_name,
-        task_id=job.id,
-        queue=queue or job.queue,
-        args=[job.id],
-        soft_time_limit_s=kind.soft_time_limit_s,
-        time_limit_s=kind.time_limit_s,
-        enqueued_at=time.time(),
-        trace_headers=trace_headers,
-    )
+    return job_task_message(kind, job.id, queue or job.queue, time.time(), trace_headers)

@@ -5,7 +5,8 @@
   (or fail, their attempts spent);
 - waiting jobs whose message was lost (a Redis restart at the wrong moment) get it back;
 - waiting low-priority jobs age up one priority per ``RF_AGING_SECONDS``;
-- index entries of jobs past their retention are removed;
+- index entries of jobs past their retention are removed, at most EXPIRY_BATCH jobs' worth
+  per tick (the expiry index holds them by due time);
 - workflows move on past step jobs that ended without their worker advancing them
   (the worker was killed as the step finished);
 - webhooks of finished jobs are delivered, signed, with retries, by a sender
@@ -34,6 +35,13 @@ from renderfarm.worker.webhooks import WebhookSender
 
 log = logging.getLogger("renderfarm.beat")
 
+# Expired jobs cleaned per tick: the pass holds Redis for one bounded transaction,
+# whatever the number of jobs kept (see renderfarm.core.expiry).
+EXPIRY_BATCH = 500
+# The lost-message check compares counts on most passes and reads every waiting job
+# and message only this often (or when the counts show a message missing).
+FULL_LOST_CHECK_S = 600.0
+
 
 def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
     """Requeue (or, with the attempt budget spent, fail) running jobs whose run stopped
@@ -59,8 +67,8 @@ def recover_orphans(store: JobStore, settings: Settings) -> list[str]:
     return recovered
 
 
-def requeue_lost_messages(store: JobStore, suspects: set[str], delivery_grace_s: float = 30.0
-                          ) -> tuple[list[str], set[str]]:
+def requeue_lost_messages(store: JobStore, suspects: set[str], delivery_grace_s: float = 30.0,
+                          full: bool = True) -> tuple[list[str], set[str]]:
     """Queued or retrying jobs whose message is nowhere: not in a queue, not delayed, not
     being delivered. It happens when Redis restarts at the wrong moment: a pool process
     dies while Redis is down and Celery cannot put its message back, or a message was
@@ -69,15 +77,21 @@ def requeue_lost_messages(store: JobStore, suspects: set[str], delivery_grace_s:
     A job must be found missing on two passes in a row (``suspects`` carries the first),
     so a message moving between lists during one look is not mistaken for a lost one
     (and a duplicate would be harmless anyway: the claim runs a job once). Returns the
-    jobs requeued and the suspects for the next pass."""
-    waiting = store.waiting_messages()
+    jobs requeued and the suspects for the next pass.
+
+    Reading every waiting job and every message grows with the queues, so unless
+    ``full`` (or suspects are pending) the pass first compares counts, a few commands,
+    and looks no further when the messages cover the waiting jobs."""
+    if not full and not suspects and store.messages_cover_waiting(all_queues(), delivery_grace_s):
+        return [], set()
+    waiting = store.waiting_job_ids()
     if not waiting:
         return [], set()
     present = store.job_ids_with_a_message(all_queues(), delivery_grace_s)
     missing = set(waiting) - present
     requeued = []
     for job_id in sorted(missing & suspects):
-        if store.requeue_lost_message(job_id, waiting[job_id]):
+        if store.requeue_lost_message(job_id):
             requeued.append(job_id)
             log.warning("job %s was waiting without a message; message requeued", job_id)
     return requeued, missing - set(requeued)
@@ -138,6 +152,7 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
     last_cleanup = 0.0
     last_slow = 0.0
     last_lost_check = 0.0
+    last_full_lost_check = time.monotonic()  # the first checks count; a full one every FULL_LOST_CHECK_S
     suspects: set[str] = set()
     workflows = WorkflowStore(store)
     # Outputs in object storage of jobs whose record expired (a no-op on the filesystem backend).
@@ -155,13 +170,18 @@ def _maintain(stop: threading.Event, store: JobStore, settings: Settings) -> Non
                 age_waiting_jobs(store, settings)
             if started - last_lost_check >= max(settings.orphan_after_s, 5):
                 last_lost_check = started
-                _, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=max(10.0, 2 * settings.orphan_after_s))
+                full = started - last_full_lost_check >= FULL_LOST_CHECK_S
+                last_full_lost_check = started if full else last_full_lost_check
+                _, suspects = requeue_lost_messages(store, suspects, delivery_grace_s=max(10.0, 2 * settings.orphan_after_s),
+                                                    full=full)
             if started - last_cleanup >= settings.maintenance_interval_s:
                 last_cleanup = started
-                removed = store.purge_expired_index_entries()
+                handled, removed = store.expire_due(EXPIRY_BATCH)
                 if removed:
                     log.info("removed %d expired index entries", removed)
                 outputs_sweeper.run_pass()
+                if handled >= EXPIRY_BATCH:
+                    last_cleanup = 0.0  # a backlog: the next tick takes the next batch
         except Exception as exc:  # Redis restarting: keep going
             log.warning("maintenance pass failed: %s", exc)
         stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))

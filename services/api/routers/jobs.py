@@ -13,7 +13,7 @@ from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
 from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
-from renderfarm.core.inputs import InputError, check_http_url, validate_input
+from renderfarm.api.submit_checks import submit_problems
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
 from renderfarm.core.storage import delete_job_outputs
 from renderfarm.core.kinds import get_kind
@@ -63,19 +63,9 @@ def submit_job(
     settings_: Settings = Depends(settings),
 ) -> Job:
     kind = get_kind(body.kind)
-    try:
-        validate_input(body.input, roots=settings_.input_roots, allow_private=settings_.allow_private_fetch,
-                       tenant=tenant)
-    except InputError as exc:
-        raise ApiError(422, "invalid_input", str(exc), [{"field": "input", "message": str(exc)}]) from None
-    if body.webhook_url is not None:
-        if not settings_.webhook_secret:
-            raise ApiError(422, "invalid_webhook", "webhooks are signed: set RF_WEBHOOK_SECRET on the API and beat first",
-                           [{"field": "webhook_url", "message": "RF_WEBHOOK_SECRET is not set"}])
-        try:
-            check_http_url(str(body.webhook_url), allow_private=settings_.allow_private_fetch)
-        except InputError as exc:
-            raise ApiError(422, "invalid_webhook", str(exc), [{"field": "webhook_url", "message": str(exc)}]) from None
+    if problems := submit_problems(body, settings_, tenant):  # the same checks as each item of a batch
+        raise ApiError(422, problems[0]["code"], problems[0]["message"],
+                       [{"field": p["field"], "message": p["message"]} for p in problems])
     # FastAPI's own request span (when the SDK is set up) is this span's parent.
     with tracing.span("submit") as span:
         return _submit(body, kind, request, response, idempotency_key, tenant, store_, span)
