@@ -1373,9 +1373,6 @@ class JobStore:
         return pipe.execute()
 
 
-def idempotency_key_for_batch(tenant: str, key: str) -> str:
-    """A batch's Idempotency-Key lives apart from single jobs' keys of the same tenant."""
-    return idempotency_key(tenant, f"batch:{key}")
 
     def workflow_of(self, job_id: str) -> str | None:
         """The workflow whose step this job runs (None for a plain job)."""
@@ -1488,6 +1485,11 @@ def idempotency_key_for_batch(tenant: str, key: str) -> str:
         """Move entries of the old dead-letter list into the review set (once, after an upgrade)."""
         return int(self._script("adopt_legacy", _ADOPT_LEGACY)(
             keys=[LEGACY_DEADLETTER, DEADLETTER], args=[job_key(""), _TENANT_PREFIX]))
+
+
+def idempotency_key_for_batch(tenant: str, key: str) -> str:
+    """A batch's Idempotency-Key lives apart from single jobs' keys of the same tenant."""
+    return idempotency_key(tenant, f"batch:{key}")
 
 
 # --- jobs created inside another owner's atomic call (workflow steps) ------------------
