@@ -44,7 +44,7 @@ class Chunking(_Params):
     chunk_duration_s: float = Field(default=30.0, ge=1.0, le=3600.0, description="target chunk length (cuts fall on keyframes)")
     split_on: Literal["keyframes", "scenes"] = Field(default="keyframes", description="scenes: cut on keyframes that "
                                                      "start a detected scene, where there are any")
-    min_duration_s: float = Field(default=0.0, ge=0.0, description="a source shorter than this is one chunk")
+    min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk")
     threads: int = Field(default=0, ge=0, le=64, description="encoder threads per chunk; 0 = the encoder's choice")
 
 
@@ -175,7 +175,7 @@ class ChunkSplitParams(_Params):
     split_on: Literal["keyframes", "scenes"] = Field(
         default="keyframes", description="scenes: cut only on keyframes that start a detected scene, where there are any")
     scene_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="ffmpeg scene score that counts as a cut")
-    min_duration_s: float = Field(default=0.0, ge=0.0, description="a source shorter than this is one chunk (automatic "
+    min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk (automatic "
                                                                    "chunking: only the split knows the duration)")
 
 

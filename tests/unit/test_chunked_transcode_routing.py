@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from renderfarm.core.chunked_transcode import chunked_spec, chunking_of
 from renderfarm.core.params import Chunking, TranscodeParams
-from renderfarm.core.workflows import Flow, StepStatus, WorkflowSpec, expand_chunks, on_job_end, validate_spec
+from renderfarm.core.workflows import Flow, StepStatus, WorkflowSpec, expand_chunks, on_job_end, on_retry, validate_spec
 from renderfarm.core.jobs import JobStatus
 
 
@@ -59,3 +59,25 @@ def test_expansion_again_keeps_the_chunk_steps_already_there():
     once = expand_chunks(Flow.new(spec), "split-0", chunks)
     twice = expand_chunks(once, "split-0", chunks)
     assert [s.name for s in twice.spec.steps] == [s.name for s in once.spec.steps]
+
+
+def test_a_retried_chunked_workflow_runs_only_the_failed_chunks_then_the_concat():
+    spec = chunked_spec("file:///in.mp4", TranscodeParams.model_validate({"renditions": [{"height": 240}]}),
+                        Chunking(), priority="normal")
+    flow = Flow.new(spec)
+    flow = flow.model_copy(update={"steps": flow.steps | {"split-0": flow.steps["split-0"].model_copy(
+        update={"status": StepStatus.started, "job_id": "split"})}})
+    chunks = [{"index": i, "start_s": i, "end_s": i + 1, "uri": f"file:///c{i}"} for i in range(3)]
+    flow = on_job_end(flow, "split", JobStatus.succeeded, {}, {"chunks": chunks}).flow
+    for i, status in enumerate((JobStatus.succeeded, JobStatus.failed, JobStatus.succeeded)):
+        flow = flow.model_copy(update={"steps": flow.steps | {f"split-0.chunk-{i:04d}": flow.steps[
+            f"split-0.chunk-{i:04d}"].model_copy(update={"status": StepStatus.started, "job_id": f"c{i}"})}})
+        flow = on_job_end(flow, f"c{i}", status, {"encoded.mkv": f"file:///e{i}"} if status == JobStatus.succeeded
+                          else {}).flow
+    assert flow.steps["concat-0"].status == StepStatus.skipped
+    kept = {name: flow.steps[name] for name in ("split-0", "split-0.chunk-0000", "split-0.chunk-0002")}
+    advance = on_retry(flow)
+    assert advance.start == ["split-0.chunk-0001"]
+    assert {name: advance.flow.steps[name] for name in kept} == kept  # same jobs and outputs
+    assert advance.flow.steps["split-0.chunk-0001"].previous_jobs == ["c1"]
+    assert advance.flow.steps["concat-0"].status == StepStatus.pending
