@@ -152,9 +152,13 @@ def test_a_killed_chunked_transcode_resumes_encoding_only_the_missing_chunks(api
 
     before = wait_for(midway, 180, what="some chunks to succeed while others run")
     worker.stop(signal.SIGKILL, 5)  # the worker and its pool processes, mid-encode
-    kept = {name: get(api, f"/v1/jobs/{step['job_id']}") for name, step in chunk_steps(before).items()
-            if step["status"] == "succeeded"}
+    # What the kill left, read from the jobs (a step's own status may lag its job's by one advance).
+    at_kill = {name: get(api, f"/v1/jobs/{step['job_id']}")
+               for name, step in chunk_steps(get(api, f"/v1/workflows/{flow['id']}")).items() if step["job_id"]}
+    kept = {name: job for name, job in at_kill.items() if job["status"] == "succeeded"}
+    cut_short = [name for name, job in at_kill.items() if job["status"] == "running"]
     total = len(chunk_steps(before))
+    assert cut_short, "no chunk was mid-encode when the worker was killed"
     assert 2 <= len(kept) < total
 
     procs.append(start_worker(env, concurrency=2))
@@ -172,6 +176,9 @@ def test_a_killed_chunked_transcode_resumes_encoding_only_the_missing_chunks(api
         assert starts[job["id"]] == 1, name
     missing = [name for name in chunk_steps(done) if name not in kept]
     assert missing and all(starts.get(steps[name]["job_id"], 0) >= 1 for name in missing)
+    for name in cut_short:  # the chunks killed mid-encode ran again: a second attempt, or a new job on retry
+        step = steps[name]
+        assert steps[name]["previous_jobs"] or get(api, f"/v1/jobs/{step['job_id']}")["attempts"] >= 2, name
     assert starts[steps["split-0"]["job_id"]] == 1  # the split is not run again either
     # One chunk_encode job per chunk, plus one new job per chunk a retry re-ran: none for the kept ones.
     retried = sum(len(steps[name]["previous_jobs"]) for name in missing)
