@@ -14,7 +14,7 @@ from renderfarm.api.app import create_app
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import JobStore, kind_index
 from renderfarm.core.redis_conn import redis_client as make_redis
-from tests.integration.test_chunked_transcode import FRAME_S, RENDITION, SHOT_FRAMES, SHOTS, make_source
+from tests.support.chunked import FRAME_S, RENDITION, SHOT_FRAMES, SHOTS, make_source
 from tests.support.jobs import start_beat
 from tests.support.media import make_clip
 from tests.support.procs import ServiceProcess, start_worker, wait_for
