@@ -65,7 +65,7 @@ from tests.support.procs import (  # noqa: E402
     wait_for,
 )
 
-SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node", "storage")
+SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node", "storage", "chunked")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 API_KEY = "bench-key-0123456789abcdef"
 
@@ -1322,6 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
             "operator": lambda: bench.bench_module("operator", "bench_operator.py"),
             "real-node": lambda: bench.bench_module("real-node", "bench_real_node.py"),
             "storage": lambda: bench.bench_module("storage", "bench_storage.py"),
+            "chunked": lambda: bench.bench_module("chunked", "bench_chunked.py"),
         }
         for section in SECTIONS:
             if section not in sections:

@@ -37,8 +37,21 @@ class Rendition(_Params):
         return self
 
 
+class Chunking(_Params):
+    """Chunked parallel transcode: the video is cut into ~chunk_duration_s chunks that
+    encode side by side on the cpu pool (the job becomes a ``chunked-transcode`` workflow)."""
+
+    chunk_duration_s: float = Field(default=30.0, ge=1.0, le=3600.0, description="target chunk length (cuts fall on keyframes)")
+    split_on: Literal["keyframes", "scenes"] = Field(default="keyframes", description="scenes: cut on keyframes that "
+                                                     "start a detected scene, where there are any")
+    min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk")
+    threads: int = Field(default=0, ge=0, le=64, description="encoder threads per chunk; 0 = the encoder's choice")
+
+
 class TranscodeParams(_Params):
     renditions: list[Rendition] = Field(min_length=1, max_length=8)
+    chunking: Chunking | None = Field(default=None, description="encode in chunks in parallel (POST /v1/jobs answers "
+                                      "with a workflow); omitted: RF_CHUNKING_MIN_DURATION_S decides")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "TranscodeParams":
@@ -162,6 +175,8 @@ class ChunkSplitParams(_Params):
     split_on: Literal["keyframes", "scenes"] = Field(
         default="keyframes", description="scenes: cut only on keyframes that start a detected scene, where there are any")
     scene_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="ffmpeg scene score that counts as a cut")
+    min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk (automatic "
+                                                                   "chunking: only the split knows the duration)")
 
 
 class ChunkEncodeParams(Rendition):

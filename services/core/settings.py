@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     max_gpu_memory_growth_mb: int | None = Field(default=None, ge=0)
 
     log_level: str = "INFO"
+    # A transcode without a `chunking` object runs chunked (as a workflow) when this is set;
+    # a source shorter than it is then one chunk. Unset: only an explicit `chunking` does.
+    chunking_min_duration_s: float | None = Field(default=None, ge=0, le=1e6)
+    chunking_chunk_duration_s: float = Field(default=30.0, ge=1.0, le=3600.0)
 
     @field_validator("allowed_input_roots", "api_keys", "api_key_hashes", mode="before")
     @classmethod

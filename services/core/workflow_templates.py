@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from renderfarm.core.kinds import KINDS
-from renderfarm.core.params import default_hls_ladder
+from renderfarm.core.params import Chunking, Rendition, default_hls_ladder
 from renderfarm.core.workflows import FailurePolicy, WorkflowSpec
 
 
@@ -37,6 +37,28 @@ class PublishParams(_TemplateParams):
     thumbnails: int = Field(default=10, ge=1, le=200)
     sprite: bool = Field(default=True, description="a sprite sheet of the thumbnails (player scrubbing)")
     sprite_columns: int = Field(default=5, ge=1, le=20)
+
+
+class ChunkedTranscodeParams(_TemplateParams):
+    renditions: list[Rendition] = Field(default_factory=lambda: [Rendition(height=720)], min_length=1, max_length=8,
+                                        description="as transcode's renditions; each is one <name>.mp4")
+    chunking: Chunking = Field(default_factory=Chunking)
+
+
+def _chunked_transcode(p: ChunkedTranscodeParams) -> list[dict[str, Any]]:
+    """Per rendition: a split (stream copy, so cheap) fanning out into one chunk_encode
+    step per chunk, and a concat that muxes the source's audio once. One split per
+    rendition keeps each fan-out a plain split -> encodes -> concat; the engine expands
+    each split on its own."""
+    steps: list[dict[str, Any]] = []
+    split = {"chunk_duration_s": p.chunking.chunk_duration_s, "split_on": p.chunking.split_on,
+             "min_duration_s": p.chunking.min_duration_s}
+    for i, rendition in enumerate(p.renditions):
+        encode = rendition.model_dump(mode="json", exclude={"audio_bitrate_kbps"}) | {"threads": p.chunking.threads}
+        steps.append({"name": f"split-{i}", "kind": "chunk_split", "params": split, "each_chunk": encode})
+        steps.append({"name": f"concat-{i}", "kind": "chunk_concat", "needs": [f"split-{i}"],
+                      "params": {"name": rendition.name, "audio_bitrate_kbps": rendition.audio_bitrate_kbps}})
+    return steps
 
 
 def _video_analysis(p: VideoAnalysisParams) -> list[dict[str, Any]]:
@@ -131,6 +153,8 @@ _TEMPLATES: tuple[WorkflowTemplate, ...] = (
                      VideoAnalysisParams, _video_analysis),
     WorkflowTemplate("publish", "transcode ladder -> [HLS package, thumbnails and sprite sheet]",
                      PublishParams, _publish),
+    WorkflowTemplate("chunked-transcode", "per rendition: chunk_split -> one chunk_encode per chunk (longest first) "
+                     "-> chunk_concat with the source's audio", ChunkedTranscodeParams, _chunked_transcode),
 )
 
 TEMPLATES: dict[str, WorkflowTemplate] = {template.name: template for template in _TEMPLATES}

@@ -166,6 +166,10 @@ def validate_spec(spec: WorkflowSpec, kinds: dict[str, JobKind] | None = None) -
             for err in exc.errors():
                 loc = ".".join(str(part) for part in err.get("loc", ()))
                 error(f"steps.{i}.params" + (f".{loc}" if loc else ""), err.get("msg", "invalid"))
+        if step.kind == "transcode" and step.params.get("chunking") is not None:
+            # A step's job runs as it is; chunking makes a workflow of its own.
+            error(f"steps.{i}.params.chunking", "a transcode step runs single-pass: chunk it with the "
+                                                "chunked-transcode template's steps (chunk_split, chunk_concat)")
         if step.each_chunk is not None:
             if step.kind != CHUNK_SPLIT:
                 error(f"steps.{i}.each_chunk", f"only a {CHUNK_SPLIT} step fans out into chunks")

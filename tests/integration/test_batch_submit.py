@@ -73,6 +73,12 @@ def test_a_batch_with_one_invalid_item_is_refused_whole(api, redis_client, clip,
     assert response.status_code == 422
     assert [d["field"] for d in response.json()["error"]["details"]] == ["jobs.1.probe.input"]
     assert response.json()["error"]["details"][0]["index"] == 1
+    # A chunked transcode is a workflow, never one job of a batch.
+    chunked = {"kind": "transcode", "input": clip.as_uri(),
+               "params": {"renditions": [{"height": 120}], "chunking": {"chunk_duration_s": 2}}}
+    response = httpx.post(f"{api}/v1/jobs:batch", json={"jobs": [good, chunked]}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["jobs.1.params.chunking"]
     too_many = httpx.post(f"{api}/v1/jobs:batch", json={"jobs": [good] * 1001}, headers=AUTH)
     assert too_many.status_code == 422
     assert _queued_messages(redis_client) == 0 and redis_client.zcard("rf:jobs:all") == 0

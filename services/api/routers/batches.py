@@ -58,6 +58,10 @@ def submit_batch(
     problem with its item ``index`` and ``field``) and nothing is stored or queued."""
     problems = [problem | {"index": index, "field": f"jobs.{index}.{problem['field']}"}
                 for index, item in enumerate(body.jobs) for problem in submit_problems(item, settings_, tenant)]
+    # A chunked transcode is a workflow of its own, not one job of a batch.
+    problems += [{"code": "invalid_params", "index": index, "field": f"jobs.{index}.params.chunking",
+                  "message": "a chunked transcode is a workflow: submit it on its own (POST /v1/jobs)"}
+                 for index, item in enumerate(body.jobs) if getattr(item.params, "chunking", None) is not None]
     if problems:
         raise ApiError(422, "invalid_batch", f"{len({p['index'] for p in problems})} of {len(body.jobs)} jobs are "
                        "invalid; nothing was submitted", problems)

@@ -29,6 +29,10 @@ from renderfarm.core.store import (
 )
 from renderfarm.core import tracing
 from renderfarm.core.submit import job_message, new_job
+from renderfarm.core.chunked_transcode import TEMPLATE as CHUNKED_TEMPLATE, chunked_spec, chunking_of
+from renderfarm.core.workflow_store import IdempotencyConflict as WorkflowIdempotencyConflict
+from renderfarm.api.routers.workflows import view as workflow_view
+from renderfarm.api.workflow_schemas import WorkflowOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 503))
 
@@ -51,7 +55,8 @@ def _get(store_: JobStore, job_id: str, tenant: str) -> Job:
         raise _not_found(job_id) from None
 
 
-@router.post("", status_code=202, response_model=Job, summary="Submit a job",
+@router.post("", status_code=202, response_model=Job | WorkflowOut,
+             summary="Submit a job (a chunked transcode answers with its workflow)",
              responses=error_responses(400, 409, 422))
 def submit_job(
     body: SubmitJobRequest,
@@ -66,6 +71,9 @@ def submit_job(
     if problems := submit_problems(body, settings_, tenant):  # the same checks as each item of a batch
         raise ApiError(422, problems[0]["code"], problems[0]["message"],
                        [{"field": p["field"], "message": p["message"]} for p in problems])
+    if kind.name == "transcode" and (chunking := chunking_of(body.params, settings_.chunking_min_duration_s,
+                                                             settings_.chunking_chunk_duration_s)) is not None:
+        return _submit_chunked(body, chunking, request, response, idempotency_key, tenant)
     # FastAPI's own request span (when the SDK is set up) is this span's parent.
     with tracing.span("submit") as span:
         return _submit(body, kind, request, response, idempotency_key, tenant, store_, span)
@@ -97,6 +105,27 @@ def _submit(body: SubmitJobRequest, kind, request: Request, response: Response, 
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return stored
+
+
+def _submit_chunked(body: SubmitJobRequest, chunking, request: Request, response: Response,
+                    idempotency_key: str | None, tenant: str) -> WorkflowOut:
+    """A chunked transcode is a ``chunked-transcode`` workflow: 202 with the workflow
+    (Location: /v1/workflows/{id}), whose status view carries the outputs."""
+    if body.webhook_url is not None:
+        raise ApiError(422, "invalid_webhook", "a chunked transcode is a workflow, which has no webhook: follow "
+                       "/v1/workflows/{id}/events", [{"field": "webhook_url", "message": "not with chunking"}])
+    spec = chunked_spec(body.input, body.params, chunking, priority=body.priority.value)
+    workflows = request.app.state.workflows
+    fingerprint = body_fingerprint(body.model_dump(mode="json")) if idempotency_key else ""
+    try:
+        record, created = workflows.submit(spec, tenant=tenant, template=CHUNKED_TEMPLATE, labels=body.labels,
+                                           idempotency_key=idempotency_key, body_hash=fingerprint)
+    except WorkflowIdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), {"workflow_id": exc.workflow_id}) from None
+    response.headers["Location"] = f"/v1/workflows/{record.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return workflow_view(workflows, record)
 
 
 @router.get("", response_model=JobPage, summary="List this tenant's jobs (history, active) newest first",

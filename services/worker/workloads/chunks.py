@@ -149,7 +149,7 @@ def chunk_split(ctx: JobContext) -> JobResult:
         if on_scenes:
             candidates, split_on = on_scenes, "scenes"
 
-    cuts = plan_cuts(candidates, duration, params.chunk_duration_s)
+    cuts = [] if duration < params.min_duration_s else plan_cuts(candidates, duration, params.chunk_duration_s)
     spans = chunk_spans(cuts, duration)
     frames = frames_in_spans(frame_times, spans)
     out_dir = ctx.work_dir / "chunks"
