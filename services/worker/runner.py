@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from renderfarm.core import metrics_store
+from renderfarm.core import estimates, metrics_store
 from renderfarm.core.jobs import ErrorType, Job, JobError, JobResult, JobStatus
 from renderfarm.core.kinds import JobKind, get_kind
 from renderfarm.core.recovery import end_lost_run
@@ -250,8 +250,19 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
             # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
             return _stopped(store, job, token, started, ctx)
     _record(store, job, status, duration)
+    if status == JobStatus.succeeded:
+        _learn_duration(store, job, fields.get("result"), duration)
     _advance_workflow(store, job.id)
     return status.value
+
+
+def _learn_duration(store: JobStore, job: Job, result: JobResult | None, duration: float) -> None:
+    """Teach the duration estimates this run (best effort, like the outcome counters)."""
+    try:
+        estimates.learn(store.redis, job.model_copy(update={"result": result}), get_kind(job.kind).workload.value,
+                        duration, media_ttl_s=get_settings().retention_seconds)
+    except redis.RedisError as exc:
+        log.warning("duration of job %s not learned: %s", job.id, exc)
 
 
 def _advance_workflow(store: JobStore, job_id: str) -> None:

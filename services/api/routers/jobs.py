@@ -12,7 +12,8 @@ from opentelemetry.trace import SpanKind
 from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
-from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
+from renderfarm.api.job_views import with_estimates
+from renderfarm.api.schemas import JobOut, JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
 from renderfarm.core.job_outputs import delete_job_outputs
@@ -122,15 +123,17 @@ def list_jobs(
                            tenant=tenant)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    return JobPage(jobs=page.jobs, next_cursor=page.next_cursor)
+    return JobPage(jobs=with_estimates(store_, page.jobs), next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=Job, summary="One job", responses=error_responses(404, 422))
-async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> Job:
+@router.get("/{job_id}", response_model=JobOut, summary="One job, with its duration estimates",
+            responses=error_responses(404, 422))
+async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> JobOut:
     try:
-        return _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
+        job = _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
     except JobNotFound:
         raise _not_found(job_id) from None
+    return (await asyncio.to_thread(with_estimates, request.app.state.store, [job]))[0]
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job",

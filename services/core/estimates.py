@@ -1,0 +1,227 @@
+"""Duration estimates in Redis: what the farm learned from finished jobs, and the
+estimates it gives on reads. The maths is in renderfarm.core.estimate_model.
+
+Key layout (owned here, all under ``rf:estimates:``):
+
+- ``rf:estimates:model``          hash: ``<kind>|<shape>`` and ``<kind>|*`` -> a decayed
+  least-squares fit (JSON, ``estimate_model.Fit``) of run seconds on media seconds;
+  ``pool|<pool>`` -> the same over every job of a pool with no media length (its mean
+  job, for the time the work ahead of a waiting job takes). Bounded: kinds × shapes.
+- ``rf:estimates:media:<digest>`` string: the media seconds of an input (digest of its
+  URI), learned from any finished job on it; expires with the job retention.
+
+Nothing is stored on a job: estimates are computed when a job is read, from the job's
+own fields, these records, its pool's queue lengths and its live workers. Reads cost a
+fixed number of round trips whatever the queue length (see ``for_jobs``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import redis
+
+from renderfarm.core import estimate_model as model
+from renderfarm.core.jobs import Job, JobStatus
+from renderfarm.core.queues import PRIORITY_ORDER, parse_queue_name, pool_queues, queue_name
+# The queued index's score (creation time in µs) is the store's format: read through its function.
+from renderfarm.core.store import JobStore, _score, status_index
+
+log = logging.getLogger("renderfarm.estimates")
+
+PREFIX = "rf:estimates:"
+MODEL = f"{PREFIX}model"
+_MEDIA_PREFIX = f"{PREFIX}media:"
+_UPDATE_TRIES = 5
+MIN_SHAPE_SAMPLES = 3  # below this a shape's own fit is noise: the kind's fit answers
+
+
+def media_key(input_uri: str) -> str:
+    return _MEDIA_PREFIX + hashlib.sha256(input_uri.encode()).hexdigest()[:32]
+
+
+def kind_field(kind: str, shape: str) -> str:
+    return f"{kind}|{shape}"
+
+
+def pool_field(pool: str) -> str:
+    return f"pool|{pool}"
+
+
+def _fields_for(kind: str, params: Mapping[str, Any]) -> list[str]:
+    shape = model.shape_of(kind, params)
+    return list(dict.fromkeys([kind_field(kind, shape), kind_field(kind, "*")]))
+
+
+# --- learning (the worker, when a job succeeds) ----------------------------------------
+
+
+def learn(client: redis.Redis, job: Job, pool: str, seconds: float, media_ttl_s: int) -> None:
+    """Teach the model one succeeded job: its run ``seconds`` against the media length
+    its result states. Optimistic (WATCH) so concurrent workers never lose an update."""
+    metadata = job.result.metadata if job.result else None
+    media_s = model.media_seconds(metadata)
+    kind_fields = _fields_for(job.kind, job.params)
+    fields = kind_fields + [pool_field(pool)]
+    for _ in range(_UPDATE_TRIES):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(MODEL)
+                current = pipe.hmget(MODEL, fields)
+                new = {field: model.update(model.Fit.from_json(raw), media_s if field in kind_fields else None,
+                                           seconds).to_json()
+                       for field, raw in zip(fields, current)}
+                pipe.multi()
+                pipe.hset(MODEL, mapping=new)
+                if media_s is not None:
+                    pipe.set(media_key(job.input), repr(media_s), ex=max(1, media_ttl_s))
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+    log.info("estimate model not updated for job %s: contended", job.id)
+
+
+def learned(client: redis.Redis) -> dict[str, model.Fit]:
+    """Every fit, by field (for the bench and for inspection)."""
+    out = {}
+    for field, raw in client.hgetall(MODEL).items():
+        fit = model.Fit.from_json(raw)
+        if fit is not None:
+            out[field.decode() if isinstance(field, bytes) else field] = fit
+    return out
+
+
+# --- estimates on reads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    estimated_duration_s: float | None = None
+    estimated_start_s: float | None = None
+    duration_s: float | None = None
+
+
+def actual_duration(job: Job) -> float | None:
+    if job.started_at is None or job.finished_at is None:
+        return None
+    return max(0.0, (job.finished_at - job.started_at).total_seconds())
+
+
+def _waiting(job: Job) -> bool:
+    return job.status in (JobStatus.queued, JobStatus.retrying)
+
+
+@dataclass
+class _PoolView:
+    depths: dict[str, int]  # queue -> waiting messages
+    running: int
+    slots: int
+    mean_job_s: float | None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _pool_views(store: JobStore, pools: set[str], fits: Mapping[str, model.Fit | None]) -> dict[str, _PoolView]:
+    if not pools:
+        return {}
+    names = [name for pool in sorted(pools) for name in pool_queues(pool)]
+    stats = {stat.name: stat for stat in store.queue_stats(names)}
+    slots: dict[str, int] = {}
+    for worker in store.workers():
+        try:
+            slots[worker.get("pool", "")] = slots.get(worker.get("pool", ""), 0) + max(1, int(worker.get("concurrency") or 1))
+        except ValueError:
+            slots[worker.get("pool", "")] = slots.get(worker.get("pool", ""), 0) + 1
+    views = {}
+    for pool in pools:
+        queues = pool_queues(pool)
+        views[pool] = _PoolView(depths={q: stats[q].depth for q in queues},
+                                running=sum(stats[q].in_flight for q in queues), slots=slots.get(pool, 0),
+                                mean_job_s=model.predict(fits.get(pool_field(pool)), None))
+    return views
+
+
+def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None) -> list[JobEstimate]:
+    """Estimates for each job, in at most four round trips for any number of jobs:
+    the fits and media lengths (one pipeline), and for waiting jobs their pools' queue
+    lengths, live workers and how many queued jobs are older.
+
+    Approximation: a waiting job's place is every message in its pool's higher-priority
+    queues, plus the jobs of its own queue created before it (the queued index counts
+    older queued jobs of every queue; capped at its own queue's length). Each of those
+    is taken to last the pool's mean job, each running one half of it."""
+    if not jobs:
+        return []
+    now = time.time() if now is None else now
+    fields = sorted({f for job in jobs for f in _fields_for(job.kind, job.params)}
+                    | {pool_field(parse_queue_name(job.queue)[0].value) for job in jobs if _waiting(job)})
+    waiting = [job for job in jobs if _waiting(job)]
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hmget(MODEL, fields)
+    for job in jobs:
+        pipe.get(media_key(job.input))
+    for job in waiting:
+        pipe.zcount(status_index(JobStatus.queued), "-inf", f"({_score(job.created_at.timestamp())}")
+    replies = pipe.execute()
+    fits = {field: model.Fit.from_json(raw) for field, raw in zip(fields, replies[0])}
+    media = replies[1:1 + len(jobs)]
+    older = dict(zip((job.id for job in waiting), replies[1 + len(jobs):]))
+    pools = _pool_views(store, {parse_queue_name(job.queue)[0].value for job in waiting}, fits)
+
+    out = []
+    for job, raw_media in zip(jobs, media):
+        media_s = model.media_seconds(job.result.metadata if job.result else None)
+        if media_s is None and raw_media:
+            media_s = float(raw_media)
+        duration = model.predict(_fit_for(fits, job.kind, job.params), media_s)
+        if job.status == JobStatus.running and job.started_at is not None:
+            duration = model.running_duration(duration, now - job.started_at.timestamp(), job.progress)
+        start = None
+        if _waiting(job):
+            start = _start_of(job, pools[parse_queue_name(job.queue)[0].value], older[job.id])
+        out.append(JobEstimate(estimated_duration_s=_round(duration), estimated_start_s=_round(start),
+                               duration_s=_round(actual_duration(job))))
+    return out
+
+
+def _fit_for(fits: Mapping[str, model.Fit | None], kind: str, params: Mapping[str, Any]) -> model.Fit | None:
+    """The job's own shape once it has a few samples, else its kind's over every shape."""
+    shaped = fits.get(_fields_for(kind, params)[0])
+    if shaped is not None and shaped.n >= MIN_SHAPE_SAMPLES:
+        return shaped
+    return fits.get(kind_field(kind, "*"))
+
+
+def _start_of(job: Job, pool: _PoolView, older_queued: int) -> float | None:
+    workload, priority = parse_queue_name(job.queue)
+    higher = PRIORITY_ORDER[:PRIORITY_ORDER.index(priority)]
+    ahead = sum(pool.depths.get(queue_name(workload, p), 0) for p in higher)
+    own_depth = pool.depths.get(job.queue, 0)
+    ahead += own_depth if job.status == JobStatus.retrying else min(own_depth, older_queued)
+    return model.start_in(ahead, pool.running, pool.slots, pool.mean_job_s)
+
+
+def for_specs(client: redis.Redis, specs: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> list[float | None]:
+    """Expected run seconds of jobs not submitted yet: (kind, params, input URI) each;
+    one round trip."""
+    specs = list(specs)
+    if not specs:
+        return []
+    fields = sorted({f for kind, params, _ in specs for f in _fields_for(kind, params)})
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(MODEL, fields)
+    for _, _, uri in specs:
+        pipe.get(media_key(uri or ""))
+    replies = pipe.execute()
+    fits = {field: model.Fit.from_json(raw) for field, raw in zip(fields, replies[0])}
+    out = []
+    for (kind, params, _), raw_media in zip(specs, replies[1:]):
+        out.append(model.predict(_fit_for(fits, kind, params), float(raw_media) if raw_media else None))
+    return out
