@@ -204,7 +204,8 @@ def _start_of(job: Job, pool: _PoolView, older_queued: int) -> float | None:
     higher = PRIORITY_ORDER[:PRIORITY_ORDER.index(priority)]
     ahead = sum(pool.depths.get(queue_name(workload, p), 0) for p in higher)
     own_depth = pool.depths.get(job.queue, 0)
-    ahead += own_depth if job.status == JobStatus.retrying else min(own_depth, older_queued)
+    # A queued job's own message is in its queue; a retrying one's is not back yet (it goes last).
+    ahead += own_depth if job.status == JobStatus.retrying else min(max(0, own_depth - 1), older_queued)
     return model.start_in(ahead, pool.running, pool.slots, pool.mean_job_s)
 
 
