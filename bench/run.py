@@ -65,7 +65,7 @@ from tests.support.procs import (  # noqa: E402
     wait_for,
 )
 
-SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node")
+SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node", "estimates")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 API_KEY = "bench-key-0123456789abcdef"
 
@@ -1321,6 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": lambda: bench.bench_module("gpu", "bench_gpu.py"),
             "operator": lambda: bench.bench_module("operator", "bench_operator.py"),
             "real-node": lambda: bench.bench_module("real-node", "bench_real_node.py"),
+            "estimates": lambda: bench.bench_module("estimates", "bench_estimates.py"),
         }
         for section in SECTIONS:
             if section not in sections:
