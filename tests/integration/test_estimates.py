@@ -7,16 +7,20 @@ behind N others is told a later start the larger N is."""
 from __future__ import annotations
 
 import signal
+import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 
 from renderfarm.core import estimates
-from renderfarm.core.jobs import JobStatus
+from renderfarm.core import workflows as wf
+from renderfarm.core.jobs import Job, JobResult, JobStatus
 from renderfarm.core.queues import Priority
 from renderfarm.core.redis_conn import redis_client as make_redis
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import JobStore
+from renderfarm.core.workflow_estimates import for_flow
 from tests.support.jobs import TERMINAL, submit, wait_status
 from tests.support.media import make_clip
 from tests.support.procs import start_api, start_worker, wait_for
@@ -114,3 +118,30 @@ def test_estimate_fields_are_documented_in_the_openapi_schema(farm):
         assert schemas["JobOut"]["properties"][name]["description"]
     for name in ("estimated_duration_s", "estimated_remaining_s"):
         assert schemas["WorkflowOut"]["properties"][name]["description"]
+
+
+def _learn(client, kind: str, params: dict, input_uri: str, metadata: dict, seconds: float) -> None:
+    job = Job(id=uuid.uuid4().hex, kind=kind, input=input_uri, params=params, queue="cpu.normal",
+              created_at=datetime.now(timezone.utc), status=JobStatus.succeeded, result=JobResult(metadata=metadata))
+    estimates.learn(client, job, "cpu", seconds, media_ttl_s=60)
+
+
+def test_a_workflow_not_started_is_estimated_along_its_critical_path(store):
+    source = "file:///data/inputs/source.mp4"
+    transcode = {"renditions": [{"height": 240}]}
+    for media_s in (2.0, 4.0):  # transcode: 1 s per job + 0.5 s per media second
+        _learn(store.redis, "transcode", transcode, f"file:///other-{media_s}.mp4", {"input": {"duration": media_s}},
+               1.0 + 0.5 * media_s)
+    _learn(store.redis, "thumbnail", {"count": 3}, "file:///other.mp4", {"times": [1.0]}, 1.5)
+    _learn(store.redis, "probe", {}, source, {"duration": 6.0}, 0.2)  # also: the source is 6 s long
+    spec = wf.WorkflowSpec(input=source, steps=[
+        wf.StepSpec(name="probe", kind="probe"),
+        wf.StepSpec(name="transcode", kind="transcode", params=transcode, needs=["probe"]),
+        wf.StepSpec(name="thumbs", kind="thumbnail", params={"count": 3}, needs=["probe"]),
+    ])
+    estimate = for_flow(store, wf.Flow.new(spec))
+    assert estimate.steps["transcode"] == pytest.approx(4.0, rel=1e-3)  # 1 + 0.5 × 6
+    assert estimate.steps["thumbs"] == pytest.approx(1.5, rel=1e-3)
+    # probe → transcode is the longest chain, not probe → thumbs nor the sum of every step.
+    assert estimate.estimated_duration_s == pytest.approx(4.2, rel=1e-3)
+    assert estimate.estimated_remaining_s == pytest.approx(4.2, rel=1e-3)
