@@ -10,8 +10,12 @@ from renderfarm.core.jobs import Job
 from renderfarm.core.store import JobStore
 
 
+# One per API process: pools' queue lengths and live workers, read at most once a second.
+_SNAPSHOTS = estimates.PoolSnapshots(max_age_s=1.0)
+
+
 def with_estimates(store: JobStore, jobs: Sequence[Job]) -> list[JobOut]:
-    found = estimates.for_jobs(store, jobs)
+    found = estimates.for_jobs(store, jobs, snapshots=_SNAPSHOTS)
     return [JobOut.model_validate(job.model_dump() | {
         "estimated_duration_s": estimate.estimated_duration_s,
         "estimated_start_s": estimate.estimated_start_s,

@@ -128,6 +128,26 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+class PoolSnapshots:
+    """A process's last reading of its pools' queue lengths and live job slots, reused for
+    ``max_age_s``: a waiting job's start is an estimate in seconds, so a reading a second
+    old changes nothing a client can see, and a busy API reads each pool once a second
+    instead of on every request."""
+
+    def __init__(self, max_age_s: float = 1.0):
+        self.max_age_s = max_age_s
+        self._taken: dict[str, tuple[float, _PoolView]] = {}
+
+    def get(self, store: JobStore, pools: set[str], fits: Mapping[str, model.Fit | None]) -> dict[str, _PoolView]:
+        now = time.monotonic()
+        stale = {pool for pool in pools if pool not in self._taken or now - self._taken[pool][0] > self.max_age_s}
+        for pool, view in _pool_views(store, stale, fits).items():
+            self._taken[pool] = (now, view)
+        return {pool: _PoolView(depths=self._taken[pool][1].depths, running=self._taken[pool][1].running,
+                                slots=self._taken[pool][1].slots,
+                                mean_job_s=model.predict(fits.get(pool_field(pool)), None)) for pool in pools}
+
+
 def _pool_views(store: JobStore, pools: set[str], fits: Mapping[str, model.Fit | None]) -> dict[str, _PoolView]:
     if not pools:
         return {}
@@ -148,10 +168,12 @@ def _pool_views(store: JobStore, pools: set[str], fits: Mapping[str, model.Fit |
     return views
 
 
-def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None) -> list[JobEstimate]:
+def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None,
+             snapshots: PoolSnapshots | None = None) -> list[JobEstimate]:
     """Estimates for each job, in at most four round trips for any number of jobs:
     the fits and media lengths (one pipeline), and for waiting jobs their pools' queue
-    lengths, live workers and how many queued jobs are older.
+    lengths, live workers and how many queued jobs are older (``snapshots``: a
+    process-wide reading of the pools, at most its ``max_age_s`` old).
 
     Approximation: a waiting job's place is every message in its pool's higher-priority
     queues, plus the jobs of its own queue created before it (the queued index counts
@@ -173,7 +195,8 @@ def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None) -> 
     fits = {field: model.Fit.from_json(raw) for field, raw in zip(fields, replies[0])}
     media = replies[1:1 + len(jobs)]
     older = dict(zip((job.id for job in waiting), replies[1 + len(jobs):]))
-    pools = _pool_views(store, {parse_queue_name(job.queue)[0].value for job in waiting}, fits)
+    waiting_pools = {parse_queue_name(job.queue)[0].value for job in waiting}
+    pools = snapshots.get(store, waiting_pools, fits) if snapshots else _pool_views(store, waiting_pools, fits)
 
     out = []
     for job, raw_media in zip(jobs, media):
