@@ -14,10 +14,17 @@ from renderfarm.core.store import JobStore
 _SNAPSHOTS = estimates.PoolSnapshots(max_age_s=1.0)
 
 
-def with_estimates(store: JobStore, jobs: Sequence[Job]) -> list[JobOut]:
-    found = estimates.for_jobs(store, jobs, snapshots=_SNAPSHOTS)
+def _shown(jobs: Sequence[Job], found: Sequence[estimates.JobEstimate]) -> list[JobOut]:
     return [JobOut.model_validate(job.model_dump() | {
         "estimated_duration_s": estimate.estimated_duration_s,
         "estimated_start_s": estimate.estimated_start_s,
         "duration_s": estimate.duration_s,
     }) for job, estimate in zip(jobs, found)]
+
+
+def with_estimates(store: JobStore, jobs: Sequence[Job]) -> list[JobOut]:
+    return _shown(jobs, estimates.for_jobs(store, jobs, snapshots=_SNAPSHOTS))
+
+
+async def with_estimates_async(async_client, store: JobStore, job: Job) -> JobOut:
+    return _shown([job], await estimates.for_jobs_async(async_client, store, [job], _SNAPSHOTS))[0]

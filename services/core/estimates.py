@@ -17,6 +17,7 @@ fixed number of round trips whatever the queue length (see ``for_jobs``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -116,12 +117,11 @@ def _waiting(job: Job) -> bool:
     return job.status in (JobStatus.queued, JobStatus.retrying)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PoolView:
     depths: dict[str, int]  # queue -> waiting messages
     running: int
     slots: int
-    mean_job_s: float | None
 
 
 def _round(value: float | None) -> float | None:
@@ -138,42 +138,98 @@ class PoolSnapshots:
         self.max_age_s = max_age_s
         self._taken: dict[str, tuple[float, _PoolView]] = {}
 
-    def get(self, store: JobStore, pools: set[str], fits: Mapping[str, model.Fit | None]) -> dict[str, _PoolView]:
+    def stale(self, pools: set[str]) -> set[str]:
         now = time.monotonic()
-        stale = {pool for pool in pools if pool not in self._taken or now - self._taken[pool][0] > self.max_age_s}
-        for pool, view in _pool_views(store, stale, fits).items():
+        return {pool for pool in pools if pool not in self._taken or now - self._taken[pool][0] > self.max_age_s}
+
+    def refresh(self, store: JobStore, pools: set[str]) -> None:
+        now = time.monotonic()
+        for pool, view in _pool_views(store, pools).items():
             self._taken[pool] = (now, view)
-        return {pool: _PoolView(depths=self._taken[pool][1].depths, running=self._taken[pool][1].running,
-                                slots=self._taken[pool][1].slots,
-                                mean_job_s=model.predict(fits.get(pool_field(pool)), None)) for pool in pools}
+
+    def get(self, store: JobStore, pools: set[str]) -> dict[str, _PoolView]:
+        if stale := self.stale(pools):
+            self.refresh(store, stale)
+        return {pool: self._taken[pool][1] for pool in pools}
 
 
-def _pool_views(store: JobStore, pools: set[str], fits: Mapping[str, model.Fit | None]) -> dict[str, _PoolView]:
+def _pool_views(store: JobStore, pools: set[str]) -> dict[str, _PoolView]:
+    """Queue lengths, running jobs and live job slots of each pool (the mean job is
+    added from the fits read with the jobs)."""
     if not pools:
         return {}
     names = [name for pool in sorted(pools) for name in pool_queues(pool)]
     stats = {stat.name: stat for stat in store.queue_stats(names)}
     slots: dict[str, int] = {}
     for worker in store.workers():
+        pool = worker.get("pool", "")
         try:
-            slots[worker.get("pool", "")] = slots.get(worker.get("pool", ""), 0) + max(1, int(worker.get("concurrency") or 1))
+            slots[pool] = slots.get(pool, 0) + max(1, int(worker.get("concurrency") or 1))
         except ValueError:
-            slots[worker.get("pool", "")] = slots.get(worker.get("pool", ""), 0) + 1
-    views = {}
-    for pool in pools:
-        queues = pool_queues(pool)
-        views[pool] = _PoolView(depths={q: stats[q].depth for q in queues},
-                                running=sum(stats[q].in_flight for q in queues), slots=slots.get(pool, 0),
-                                mean_job_s=model.predict(fits.get(pool_field(pool)), None))
-    return views
+            slots[pool] = slots.get(pool, 0) + 1
+    return {pool: _PoolView(depths={q: stats[q].depth for q in pool_queues(pool)},
+                            running=sum(stats[q].in_flight for q in pool_queues(pool)), slots=slots.get(pool, 0))
+            for pool in pools}
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """The per-job reads of ``for_jobs``, queued on a pipeline (sync or asyncio) and decoded."""
+
+    jobs: Sequence[Job]
+    fields: list[str]
+    waiting: list[Job]
+
+    @classmethod
+    def of(cls, jobs: Sequence[Job]) -> "_Reads":
+        waiting = [job for job in jobs if _waiting(job)]
+        fields = sorted({f for job in jobs for f in _fields_for(job.kind, job.params)}
+                        | {pool_field(_pool_of(job)) for job in waiting})
+        return cls(jobs=jobs, fields=fields, waiting=waiting)
+
+    @property
+    def pools(self) -> set[str]:
+        return {_pool_of(job) for job in self.waiting}
+
+    def queue(self, pipe) -> None:
+        pipe.hmget(MODEL, self.fields)
+        for job in self.jobs:
+            pipe.get(media_key(job.input))
+        for job in self.waiting:
+            pipe.zcount(status_index(JobStatus.queued), "-inf", f"({_score(job.created_at.timestamp())}")
+
+    def estimates(self, replies: list, pools: Mapping[str, _PoolView], now: float) -> list[JobEstimate]:
+        fits = {field: model.Fit.from_json(raw) for field, raw in zip(self.fields, replies[0])}
+        media = replies[1:1 + len(self.jobs)]
+        older = dict(zip((job.id for job in self.waiting), replies[1 + len(self.jobs):]))
+        out = []
+        for job, raw_media in zip(self.jobs, media):
+            media_s = model.media_seconds(job.result.metadata if job.result else None)
+            if media_s is None and raw_media:
+                media_s = float(raw_media)
+            duration = model.predict(_fit_for(fits, job.kind, job.params), media_s)
+            if job.status == JobStatus.running and job.started_at is not None:
+                duration = model.running_duration(duration, now - job.started_at.timestamp(), job.progress)
+            start = None
+            if _waiting(job):
+                pool = _pool_of(job)
+                mean_job_s = model.predict(fits.get(pool_field(pool)), None)
+                start = _start_of(job, pools[pool], older[job.id], mean_job_s)
+            out.append(JobEstimate(estimated_duration_s=_round(duration), estimated_start_s=_round(start),
+                                   duration_s=_round(actual_duration(job))))
+        return out
+
+
+def _pool_of(job: Job) -> str:
+    return parse_queue_name(job.queue)[0].value
 
 
 def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None,
              snapshots: PoolSnapshots | None = None) -> list[JobEstimate]:
     """Estimates for each job, in at most four round trips for any number of jobs:
-    the fits and media lengths (one pipeline), and for waiting jobs their pools' queue
-    lengths, live workers and how many queued jobs are older (``snapshots``: a
-    process-wide reading of the pools, at most its ``max_age_s`` old).
+    the fits, media lengths and older queued counts (one pipeline), and for waiting
+    jobs their pools' queue lengths and live workers (``snapshots``: a process-wide
+    reading of the pools, at most its ``max_age_s`` old, usually no round trip).
 
     Approximation: a waiting job's place is every message in its pool's higher-priority
     queues, plus the jobs of its own queue created before it (the queued index counts
@@ -181,37 +237,27 @@ def for_jobs(store: JobStore, jobs: Sequence[Job], now: float | None = None,
     is taken to last the pool's mean job, each running one half of it."""
     if not jobs:
         return []
-    now = time.time() if now is None else now
-    fields = sorted({f for job in jobs for f in _fields_for(job.kind, job.params)}
-                    | {pool_field(parse_queue_name(job.queue)[0].value) for job in jobs if _waiting(job)})
-    waiting = [job for job in jobs if _waiting(job)]
+    reads = _Reads.of(jobs)
     pipe = store.redis.pipeline(transaction=False)
-    pipe.hmget(MODEL, fields)
-    for job in jobs:
-        pipe.get(media_key(job.input))
-    for job in waiting:
-        pipe.zcount(status_index(JobStatus.queued), "-inf", f"({_score(job.created_at.timestamp())}")
+    reads.queue(pipe)
     replies = pipe.execute()
-    fits = {field: model.Fit.from_json(raw) for field, raw in zip(fields, replies[0])}
-    media = replies[1:1 + len(jobs)]
-    older = dict(zip((job.id for job in waiting), replies[1 + len(jobs):]))
-    waiting_pools = {parse_queue_name(job.queue)[0].value for job in waiting}
-    pools = snapshots.get(store, waiting_pools, fits) if snapshots else _pool_views(store, waiting_pools, fits)
+    pools = snapshots.get(store, reads.pools) if snapshots else _pool_views(store, reads.pools)
+    return reads.estimates(replies, pools, time.time() if now is None else now)
 
-    out = []
-    for job, raw_media in zip(jobs, media):
-        media_s = model.media_seconds(job.result.metadata if job.result else None)
-        if media_s is None and raw_media:
-            media_s = float(raw_media)
-        duration = model.predict(_fit_for(fits, job.kind, job.params), media_s)
-        if job.status == JobStatus.running and job.started_at is not None:
-            duration = model.running_duration(duration, now - job.started_at.timestamp(), job.progress)
-        start = None
-        if _waiting(job):
-            start = _start_of(job, pools[parse_queue_name(job.queue)[0].value], older[job.id])
-        out.append(JobEstimate(estimated_duration_s=_round(duration), estimated_start_s=_round(start),
-                               duration_s=_round(actual_duration(job))))
-    return out
+
+async def for_jobs_async(async_client, store: JobStore, jobs: Sequence[Job],
+                         snapshots: PoolSnapshots) -> list[JobEstimate]:
+    """``for_jobs`` on an asyncio client (the API's hottest read): one pipelined round
+    trip; the pools are re-read (in a thread) only when the snapshot is stale."""
+    if not jobs:
+        return []
+    reads = _Reads.of(jobs)
+    pipe = async_client.pipeline(transaction=False)
+    reads.queue(pipe)
+    replies = await pipe.execute()
+    if stale := snapshots.stale(reads.pools):
+        await asyncio.to_thread(snapshots.refresh, store, stale)
+    return reads.estimates(replies, snapshots.get(store, reads.pools), time.time())
 
 
 def _fit_for(fits: Mapping[str, model.Fit | None], kind: str, params: Mapping[str, Any]) -> model.Fit | None:
@@ -222,14 +268,14 @@ def _fit_for(fits: Mapping[str, model.Fit | None], kind: str, params: Mapping[st
     return fits.get(kind_field(kind, "*"))
 
 
-def _start_of(job: Job, pool: _PoolView, older_queued: int) -> float | None:
+def _start_of(job: Job, pool: _PoolView, older_queued: int, mean_job_s: float | None) -> float | None:
     workload, priority = parse_queue_name(job.queue)
     higher = PRIORITY_ORDER[:PRIORITY_ORDER.index(priority)]
     ahead = sum(pool.depths.get(queue_name(workload, p), 0) for p in higher)
     own_depth = pool.depths.get(job.queue, 0)
     # A queued job's own message is in its queue; a retrying one's is not back yet (it goes last).
     ahead += own_depth if job.status == JobStatus.retrying else min(max(0, own_depth - 1), older_queued)
-    return model.start_in(ahead, pool.running, pool.slots, pool.mean_job_s)
+    return model.start_in(ahead, pool.running, pool.slots, mean_job_s)
 
 
 def for_specs(client: redis.Redis, specs: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> list[float | None]:

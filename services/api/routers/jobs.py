@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
-from renderfarm.api.job_views import with_estimates
+from renderfarm.api.job_views import with_estimates, with_estimates_async
 from renderfarm.api.schemas import JobOut, JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
@@ -133,7 +133,7 @@ async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> JobOut
         job = _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
     except JobNotFound:
         raise _not_found(job_id) from None
-    return (await asyncio.to_thread(with_estimates, request.app.state.store, [job]))[0]
+    return await with_estimates_async(request.app.state.async_redis, request.app.state.store, job)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job",
