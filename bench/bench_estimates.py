@@ -26,7 +26,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ def _run_one(store: JobStore, kind: str, clip: Path, params: dict[str, Any]):
                     what=f"{kind} job")
     if done.status != JobStatus.succeeded:
         raise RuntimeError(f"{kind} job ended {done.status}: {done.error}")
-    # The run is learned just after the job's own write: wait for it, so the next estimate has it.
     return done
 
 
@@ -83,6 +81,8 @@ def measure(workdir: Path, quick: bool) -> dict[str, Any]:
         learned = 0
 
         def run_and_learn(kind, clip, params):
+            """Run one job and wait until it is learned (just after the job's own write),
+            so the next job's estimate has it."""
             nonlocal learned
             done = _run_one(store, kind, clip, params)
             learned += 1

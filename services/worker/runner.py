@@ -261,7 +261,7 @@ def _learn_duration(store: JobStore, job: Job, result: JobResult | None, duratio
     try:
         estimates.learn(store.redis, job.model_copy(update={"result": result}), get_kind(job.kind).workload.value,
                         duration, media_ttl_s=get_settings().retention_seconds)
-    except redis.RedisError as exc:
+    except Exception as exc:  # the job has succeeded: nothing here may turn that into a failure
         log.warning("duration of job %s not learned: %s", job.id, exc)
 
 
