@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from renderfarm.core import estimates, metrics_store
+from renderfarm.core import metrics_store
 from renderfarm.core.jobs import ErrorType, Job, JobError, JobResult, JobStatus
 from renderfarm.core.kinds import JobKind, get_kind
 from renderfarm.core.recovery import end_lost_run
@@ -42,6 +42,7 @@ from renderfarm.worker.errors import JobCancelled, WorkloadError
 from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.worker.fetch import local_input
 from renderfarm.worker.workloads import handlers_for
+from renderfarm.core import estimates
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -250,9 +251,9 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
             # Cancelled, retried or taken over while finishing: that wins, this run's outputs are dropped.
             return _stopped(store, job, token, started, ctx)
     _record(store, job, status, duration)
+    _advance_workflow(store, job.id)
     if status == JobStatus.succeeded:
         _learn_duration(store, job, fields.get("result"), duration)
-    _advance_workflow(store, job.id)
     return status.value
 
 

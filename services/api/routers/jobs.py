@@ -12,8 +12,7 @@ from opentelemetry.trace import SpanKind
 from renderfarm.api import sse
 from renderfarm.api.deps import Tenant, settings, store
 from renderfarm.api.errors import ApiError, error_responses
-from renderfarm.api.job_views import with_estimates, with_estimates_async
-from renderfarm.api.schemas import JobOut, JobPage, KindName, SubmitJobRequest
+from renderfarm.api.schemas import JobPage, KindName, SubmitJobRequest
 from renderfarm.core.inputs import InputError, check_http_url, validate_input
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus, ProgressEvent
 from renderfarm.core.job_outputs import delete_job_outputs
@@ -29,6 +28,8 @@ from renderfarm.core.store import (
 )
 from renderfarm.core import tracing
 from renderfarm.core.submit import job_message, new_job
+from renderfarm.api.job_views import with_estimates, with_estimates_async
+from renderfarm.api.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 503))
 
