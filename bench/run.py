@@ -65,7 +65,7 @@ from tests.support.procs import (  # noqa: E402
     wait_for,
 )
 
-SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node", "storage", "chunked")
+SECTIONS = ("submit", "status", "throughput", "transcode", "gpu", "operator", "real-node", "storage", "chunked", "estimates")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 API_KEY = "bench-key-0123456789abcdef"
 
@@ -1323,6 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
             "real-node": lambda: bench.bench_module("real-node", "bench_real_node.py"),
             "storage": lambda: bench.bench_module("storage", "bench_storage.py"),
             "chunked": lambda: bench.bench_module("chunked", "bench_chunked.py"),
+            "estimates": lambda: bench.bench_module("estimates", "bench_estimates.py"),
         }
         for section in SECTIONS:
             if section not in sections:

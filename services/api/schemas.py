@@ -45,7 +45,7 @@ KindName = StrEnum("KindName", {name: name for name in KINDS})
 
 
 class JobPage(BaseModel):
-    jobs: list[Job]
+    jobs: list["JobOut"]
     next_cursor: str | None = None
 
 
@@ -137,3 +137,22 @@ class StatusOut(BaseModel):
     redis: Literal["up", "down"]
     pools: dict[str, int]
     beat: Literal["up", "down", "unknown"]
+
+
+class JobOut(Job):
+    """A job as the API shows it: its record, and the duration estimates computed when
+    it is read (never stored on the job; see renderfarm.core.estimates)."""
+
+    estimated_duration_s: float | None = Field(
+        None, description="Expected run time in seconds, from the throughput learned for its kind (run seconds "
+                          "per second of media plus a per-job overhead) and its input's length; for a running "
+                          "job, pulled towards what its progress says. Null until a job of its kind has succeeded.")
+    estimated_start_s: float | None = Field(
+        None, description="While it waits (queued or retrying): seconds from now until a worker should take it, "
+                          "from the jobs ahead of it in its pool's priority order, the pool's live job slots and "
+                          "its mean job time. 0: a slot is free. Null once it started, or when no worker of its "
+                          "pool is live or nothing was learned yet.")
+    duration_s: float | None = Field(None, description="Actual run time in seconds (started to finished) once it ran")
+
+
+JobPage.model_rebuild()  # its jobs are JobOut, defined below it

@@ -43,6 +43,8 @@ class StepOut(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     previous_jobs: list[str] = Field(default_factory=list)
     error: str | None = None
+    estimated_duration_s: float | None = Field(None, description="The step's job duration: actual once it ran, "
+                                               "else the estimate learned for its kind (see Job)")
 
 
 class WorkflowOut(BaseModel):
@@ -57,6 +59,13 @@ class WorkflowOut(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    estimated_duration_s: float | None = Field(
+        None, description="Start to end along the critical path of the steps' durations (actual for steps that "
+                          "ran, estimated for the others). Null while a step's kind has nothing learned yet.")
+    estimated_remaining_s: float | None = Field(
+        None, description="Seconds from now until the last step should end: the critical path of what is left "
+                          "(a waiting step's expected start plus its duration; steps not yet submitted count "
+                          "their duration only). 0 once the workflow ended.")
 
 
 class WorkflowPageOut(BaseModel):

@@ -43,6 +43,7 @@ from renderfarm.worker.errors import JobCancelled, WorkloadError
 from renderfarm.core.workflow_store import WorkflowStore
 from renderfarm.worker.fetch import local_input
 from renderfarm.worker.workloads import handlers_for
+from renderfarm.core import estimates
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -271,7 +272,18 @@ def _finish(store: JobStore, job: Job, token: str, status: JobStatus, started: f
             return _stopped(store, job, token, started, ctx)
     _record(store, job, status, duration, error_type)
     _advance_workflow(store, job.id)
+    if status == JobStatus.succeeded:
+        _learn_duration(store, job, fields.get("result"), duration)
     return status.value
+
+
+def _learn_duration(store: JobStore, job: Job, result: JobResult | None, duration: float) -> None:
+    """Teach the duration estimates this run (best effort, like the outcome counters)."""
+    try:
+        estimates.learn(store.redis, job.model_copy(update={"result": result}), get_kind(job.kind).workload.value,
+                        duration, media_ttl_s=get_settings().retention_seconds)
+    except Exception as exc:  # the job has succeeded: nothing here may turn that into a failure
+        log.warning("duration of job %s not learned: %s", job.id, exc)
 
 
 def _advance_workflow(store: JobStore, job_id: str) -> None:

@@ -33,6 +33,8 @@ from renderfarm.core.chunked_transcode import TEMPLATE as CHUNKED_TEMPLATE, chun
 from renderfarm.core.workflow_store import IdempotencyConflict as WorkflowIdempotencyConflict
 from renderfarm.api.routers.workflows import view as workflow_view
 from renderfarm.api.workflow_schemas import WorkflowOut
+from renderfarm.api.job_views import with_estimates, with_estimates_async
+from renderfarm.api.schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 503))
 
@@ -143,18 +145,19 @@ def list_jobs(
                            tenant=tenant)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    return JobPage(jobs=page.jobs, next_cursor=page.next_cursor)
+    return JobPage(jobs=with_estimates(store_, page.jobs), next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=Job, summary="One job", responses=error_responses(404, 422))
-async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> Job:
+@router.get("/{job_id}", response_model=JobOut, summary="One job, with its duration estimates",
+            responses=error_responses(404, 422))
+async def get_job(job_id: str, request: Request, tenant: str = Tenant) -> JobOut:
     try:
         job = _owned(await JobStore.get_async(request.app.state.async_redis, job_id), tenant)
     except JobNotFound:
         raise _not_found(job_id) from None
     if job.result and any(o.uri.startswith("s3://") for o in job.result.outputs):
         job = await asyncio.to_thread(signed_outputs, job)  # fresh presigned URLs, never stored
-    return job
+    return await with_estimates_async(request.app.state.async_redis, request.app.state.store, job)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel a job",

@@ -25,6 +25,7 @@ from renderfarm.core import workflows as wf
 from renderfarm.core.inputs import InputError, validate_input
 from renderfarm.core.settings import Settings
 from renderfarm.core.store import body_fingerprint
+from renderfarm.core.workflow_estimates import for_flow
 from renderfarm.core.store import events_channel as job_events_channel
 from renderfarm.core.workflow_store import (
     IdempotencyConflict,
@@ -63,6 +64,7 @@ def _get(store: WorkflowStore, workflow_id: str, tenant: str) -> WorkflowRecord:
 def view(store: WorkflowStore, record: WorkflowRecord) -> WorkflowOut:
     jobs = store.job_progress(record)
     flow = record.flow
+    estimate = for_flow(store.store, flow)
     steps = []
     for step in flow.spec.steps:
         state = flow.steps[step.name]
@@ -71,12 +73,14 @@ def view(store: WorkflowStore, record: WorkflowRecord) -> WorkflowOut:
             job_progress if state.status == wf.StepStatus.started else 0.0
         steps.append({"name": step.name, "kind": step.kind, "needs": step.needs, "status": state.status,
                       "job_id": state.job_id, "job_status": job_status, "progress": step_progress,
-                      "outputs": state.outputs, "previous_jobs": state.previous_jobs, "error": state.error})
+                      "outputs": state.outputs, "previous_jobs": state.previous_jobs, "error": state.error,
+                      "estimated_duration_s": estimate.steps.get(step.name)})
     return WorkflowOut(id=record.id, status=record.status, template=record.template or None, input=flow.spec.input,
                        failure_policy=flow.spec.failure_policy, priority=flow.spec.priority,
                        progress=wf.progress(flow, lambda job_id: jobs.get(job_id, (None, 0.0))[1]),
                        steps=steps, labels=record.labels, created_at=record.created_at,
-                       updated_at=record.updated_at)
+                       updated_at=record.updated_at, estimated_duration_s=estimate.estimated_duration_s,
+                       estimated_remaining_s=estimate.estimated_remaining_s)
 
 
 def _field_errors(exc: ValidationError, prefix: str) -> list[dict]:
