@@ -5,6 +5,7 @@ feeds the next; the transcript and the shot list match what the clip holds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from pathlib import Path
@@ -88,5 +89,15 @@ def test_video_analysis_runs_every_step_on_its_pool_and_passes_outputs_on(rf_set
         assert path_of(steps["vision"]["outputs"][shot["keyframe"]]).is_file()
     assert ffprobe(path_of(working))["streams"][0]["height"] == 180
 
-    if "report" in KINDS:  # the document export, once its kind is registered
-        assert steps["report"]["status"] == "succeeded" and steps["report"]["outputs"]
+    # The document export ends the workflow: its transcript, shot list and keyframes are
+    # the ones the steps wrote, so they match the clip as checked above.
+    assert "report" in KINDS and steps["report"]["status"] == "succeeded"
+    assert {"report.json", "report.html", "report.pdf"} <= set(steps["report"]["outputs"])
+    report = json.loads(path_of(steps["report"]["outputs"]["report.json"]).read_text())
+    assert report["transcript"]["text"] == transcript["text"]
+    assert word_error_rate(SENTENCE, report["transcript"]["text"]) < 0.25
+    assert [s["start_frame"] for s in report["shots"]] == [s["start_frame"] for s in shots]
+    assert [k["sha256"] for k in report["keyframes"]] == [
+        hashlib.sha256(path_of(steps["vision"]["outputs"][s["keyframe"]]).read_bytes()).hexdigest() for s in shots]
+    assert report["media"]["duration"] == pytest.approx(len(SOURCES) * FRAMES_EACH / 25, abs=0.2)
+    assert report["summary"]["sentences"]
