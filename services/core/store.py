@@ -56,7 +56,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import redis
 
@@ -669,6 +669,51 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise ValueError("invalid cursor") from None
 
 
+T = TypeVar("T")
+
+
+def newest_first(redis: Any, index: str, *, record_key: Callable[[str], str], decode: Callable[[dict], T],
+                 keep: Callable[[T], bool], limit: int, cursor: str | None) -> tuple[list[T], str | None]:
+    """One page of the records an index (zset scored by creation) names, newest first,
+    those ``keep`` accepts, and the cursor of the next page. Entries whose record has
+    expired are dropped from the index on the way (retention). Jobs and workflows list
+    through this one walk."""
+    max_score: int | str = "+inf"
+    after_id: str | None = None
+    if cursor:
+        max_score, after_id = decode_cursor(cursor)
+    found: list[tuple[int, str, T]] = []
+    stale: list[str] = []
+    batch = max(limit + 1, 20)
+    offset = 0
+    while len(found) <= limit:
+        rows = redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch, withscores=True)
+        if not rows:
+            break
+        offset += len(rows)
+        pipe = redis.pipeline(transaction=False)
+        for member, _ in rows:
+            pipe.hgetall(record_key(member))
+        for (member, score), raw in zip(rows, pipe.execute()):
+            score = int(score)
+            # Equal scores come in descending member order; resume after the cursor.
+            if after_id is not None and score == max_score and member >= after_id:
+                continue
+            if not raw:
+                stale.append(member)
+                continue
+            record = decode(raw)
+            if keep(record):
+                found.append((score, member, record))
+        if len(rows) < batch:
+            break
+    if stale:
+        redis.zrem(index, *stale)
+    page = found[:limit]
+    next_cursor = encode_cursor(page[-1][0], page[-1][1]) if len(found) > limit else None
+    return [record for _, _, record in page], next_cursor
+
+
 class StaleAttempt(RuntimeError):
     """A write by a run that is no longer the job's live attempt."""
 
@@ -1092,42 +1137,11 @@ class JobStore:
                      else tenant_index(tenant))
         else:
             index = status_index(status) if status else kind_index(kind) if kind else INDEX_ALL
-        max_score: int | str = "+inf"
-        after_id: str | None = None
-        if cursor:
-            max_score, after_id = decode_cursor(cursor)
-        found: list[tuple[int, str, Job]] = []
-        stale: list[str] = []
-        batch = max(limit + 1, 20)
-        offset = 0
-        while len(found) <= limit:
-            rows = self.redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch, withscores=True)
-            if not rows:
-                break
-            offset += len(rows)
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id, _ in rows:
-                pipe.hgetall(job_key(job_id))
-            for (job_id, score), raw in zip(rows, pipe.execute()):
-                score = int(score)
-                # Equal scores come in descending member order; resume after the cursor.
-                if after_id is not None and score == max_score and job_id >= after_id:
-                    continue
-                if not raw:
-                    stale.append(job_id)
-                    continue
-                job = decode_job(raw)
-                if (status and job.status != status) or (kind and job.kind != kind) or \
-                        (tenant is not None and job.tenant != tenant):
-                    continue
-                found.append((score, job_id, job))
-            if len(rows) < batch:
-                break
-        if stale:
-            self.redis.zrem(index, *stale)
-        page = found[:limit]
-        next_cursor = encode_cursor(page[-1][0], page[-1][1]) if len(found) > limit else None
-        return Page(jobs=[job for _, _, job in page], next_cursor=next_cursor)
+        jobs, next_cursor = newest_first(
+            self.redis, index, record_key=job_key, decode=decode_job, limit=limit, cursor=cursor,
+            keep=lambda job: not ((status and job.status != status) or (kind and job.kind != kind)
+                                  or (tenant is not None and job.tenant != tenant)))
+        return Page(jobs=jobs, next_cursor=next_cursor)
 
     def dead_letter(self, limit: int = 100) -> list[str]:
         """Ids of jobs that failed for good (in review), newest first."""

@@ -46,10 +46,9 @@ from renderfarm.core.store import (
     JobNotFound,
     JobStore,
     TransitionConflict,
-    decode_cursor,
-    encode_cursor,
     job_key,
     job_record_args,
+    newest_first,
 )
 from renderfarm.core.submit import job_message, new_job
 
@@ -192,41 +191,11 @@ class WorkflowStore:
              limit: int = 50, cursor: str | None = None) -> WorkflowPage:
         """Newest first, one tenant's; filters are checked on the records."""
         index = tenant_index(tenant)
-        max_score: int | str = "+inf"
-        after_id: str | None = None
-        if cursor:
-            max_score, after_id = decode_cursor(cursor)
-        found: list[tuple[int, str, WorkflowRecord]] = []
-        stale: list[str] = []
-        batch = max(limit + 1, 20)
-        offset = 0
-        while len(found) <= limit:
-            rows = self.redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch, withscores=True)
-            if not rows:
-                break
-            offset += len(rows)
-            pipe = self.redis.pipeline(transaction=False)
-            for workflow_id, _ in rows:
-                pipe.hgetall(workflow_key(workflow_id))
-            for (workflow_id, score), raw in zip(rows, pipe.execute()):
-                score = int(score)
-                if after_id is not None and score == max_score and workflow_id >= after_id:
-                    continue
-                if not raw:
-                    stale.append(workflow_id)
-                    continue
-                record = decode_record(raw)
-                if (status and record.status != status) or (template and record.template != template) \
-                        or record.tenant != tenant:
-                    continue
-                found.append((score, workflow_id, record))
-            if len(rows) < batch:
-                break
-        if stale:
-            self.redis.zrem(index, *stale)
-        page = found[:limit]
-        next_cursor = encode_cursor(page[-1][0], page[-1][1]) if len(found) > limit else None
-        return WorkflowPage([record for _, _, record in page], next_cursor)
+        records, next_cursor = newest_first(
+            self.redis, index, record_key=workflow_key, decode=decode_record, limit=limit, cursor=cursor,
+            keep=lambda record: not ((status and record.status != status) or (template and record.template != template)
+                                     or record.tenant != tenant))
+        return WorkflowPage(records, next_cursor)
 
     def job_progress(self, record: WorkflowRecord) -> dict[str, tuple[str, float]]:
         """Job id -> (status, progress) for every step job, in one round trip."""
