@@ -39,22 +39,36 @@ def make_cut_clip_with_speech(path: Path, speech_wav: Path, *, sources: list[str
     """Video of ``sources`` (lavfi, each looking nothing like its neighbours) joined by
     hard cuts every ``frames_each`` frames, with ``speech_wav`` as its audio (cut or
     padded to the video's length)."""
+    return _cut_clip(path, speech_wav, list(sources), [frames_each] * len(sources), width, height, fps,
+                     pad_audio=True)
+
+
+def _cut_clip(path: Path, speech_wav: Path, sources: list[str], lengths: list[int], width: int, height: int,
+              fps: int, *, pad_audio: bool) -> Path:
+    """Shots of ``lengths`` frames from the lavfi ``sources`` joined by hard cuts, with the
+    speech as AAC audio: padded or cut to the video (``pad_audio``) or as it is."""
     path.parent.mkdir(parents=True, exist_ok=True)
     args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
     graph, labels = [], ""
-    for i, source in enumerate(sources):
+    for i, (source, frames) in enumerate(zip(sources, lengths)):
         separator = ":" if "=" in source else "="
         args += ["-f", "lavfi", "-i", f"{source}{separator}size={width}x{height}:rate={fps}"]
-        graph.append(f"[{i}:v]trim=end_frame={frames_each},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
+        graph.append(f"[{i}:v]trim=end_frame={frames},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
         labels += f"[v{i}]"
-    duration = len(sources) * frames_each / fps
-    args += ["-i", str(speech_wav)]
     graph.append(f"{labels}concat=n={len(sources)}:v=1:a=0[out]")
-    graph.append(f"[{len(sources)}:a]apad,atrim=end={duration}[aout]")
-    args += ["-filter_complex", ";".join(graph), "-map", "[out]", "-map", "[aout]", "-c:v", "libx264",
-             "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(duration), str(path)]
+    args += ["-i", str(speech_wav)]
+    audio = ["-map", f"{len(sources)}:a:0"]
+    duration = sum(lengths) / fps
+    if pad_audio:
+        graph.append(f"[{len(sources)}:a]apad,atrim=end={duration}[aout]")
+        audio = ["-map", "[aout]"]
+    args += ["-filter_complex", ";".join(graph), "-map", "[out]", *audio, "-c:v", "libx264", "-preset", "ultrafast",
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k"]
+    args += (["-t", str(duration)] if pad_audio else []) + [str(path)]
     subprocess.run(args, check=True)
     return path
+
+
 # Lavfi sources that look nothing like each other: a cut between two is a hard cut.
 CUT_SOURCES = ("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "cellauto")
 
@@ -66,18 +80,8 @@ def make_speech_cut_clip(path: Path, speech_wav: Path, shots: int = 3, width: in
     duration = float(ffprobe(speech_wav)["format"]["duration"])
     total = int(duration * fps)
     lengths = [total // shots + (1 if i < total % shots else 0) for i in range(shots)]
-    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
-    graph, labels = [], ""
-    for i, frames in enumerate(lengths):
-        args += ["-f", "lavfi", "-i", f"{CUT_SOURCES[i % len(CUT_SOURCES)]}=size={width}x{height}:rate={fps}"]
-        graph.append(f"[{i}:v]trim=end_frame={frames},setpts=PTS-STARTPTS,format=yuv420p,setsar=1[v{i}]")
-        labels += f"[v{i}]"
-    graph.append(f"{labels}concat=n={shots}:v=1:a=0[out]")
-    args += ["-i", str(speech_wav), "-filter_complex", ";".join(graph), "-map", "[out]", "-map", f"{shots}:a:0",
-             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
-             str(path)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(args, check=True)
+    sources = [CUT_SOURCES[i % len(CUT_SOURCES)] for i in range(shots)]
+    _cut_clip(path, speech_wav, sources, lengths, width, height, fps, pad_audio=False)
     cuts, start = [], 0
     for frames in lengths[:-1]:
         start += frames
