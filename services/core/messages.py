@@ -24,7 +24,7 @@ def celery_message(
 ) -> str:
     """The message, as small as Celery and kombu accept it (it is most of what a queued
     job costs in Redis): headers Celery reads with a default (shadow, eta, expires,
-    retries, root_id, group, parent_id, argsrepr, origin, stamps...) are left out, and the body is plain
+    retries, root_id, group, parent_id, origin, stamps...) are left out, and the body is plain
     JSON, not base64. With ``enqueued_at`` given it is a pure function of its arguments
     (the delivery tag comes from the id and the time), so the job store can rebuild the
     exact bytes from the few fields in ``message_stamp`` instead of keeping a copy."""
@@ -36,6 +36,9 @@ def celery_message(
         "id": task_id,
         "timelimit": [time_limit_s, soft_time_limit_s],
         "ignore_result": True,
+        # The worker's task events carry this as the task's args: Flower and `celery
+        # events` show (and search) the job id through it.
+        "argsrepr": repr(args),
         # Read by queue stats (oldest waiting age) and by priority aging.
         "rf_enqueued_at": enqueued_at,
     }
