@@ -25,6 +25,9 @@ class Rendition(_Params):
     video_bitrate_kbps: int | None = Field(default=None, ge=50, le=200_000)
     audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    # A pool running several encodes side by side caps each one; x264's own choice
+    # (1.5 threads a core) also changes the output a little with the core count.
+    threads: int = Field(default=0, ge=0, le=64, description="encoder threads; 0 = the encoder's choice, 1 = one core")
 
     @model_validator(mode="after")
     def _rate_control(self) -> "Rendition":
@@ -181,8 +184,6 @@ class ChunkSplitParams(_Params):
 
 class ChunkEncodeParams(Rendition):
     """The transcode rendition settings, for one chunk (video only; audio is muxed once by chunk_concat)."""
-
-    threads: int = Field(default=0, ge=0, le=64, description="encoder threads; 0 = the encoder's choice, 1 = one core")
 
 
 class ChunkConcatParams(_Params):

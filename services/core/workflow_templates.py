@@ -54,7 +54,8 @@ def _chunked_transcode(p: ChunkedTranscodeParams) -> list[dict[str, Any]]:
     split = {"chunk_duration_s": p.chunking.chunk_duration_s, "split_on": p.chunking.split_on,
              "min_duration_s": p.chunking.min_duration_s}
     for i, rendition in enumerate(p.renditions):
-        encode = rendition.model_dump(mode="json", exclude={"audio_bitrate_kbps"}) | {"threads": p.chunking.threads}
+        encode = rendition.model_dump(mode="json", exclude={"audio_bitrate_kbps"}) | {
+            "threads": p.chunking.threads or rendition.threads}
         steps.append({"name": f"split-{i}", "kind": "chunk_split", "params": split, "each_chunk": encode})
         steps.append({"name": f"concat-{i}", "kind": "chunk_concat", "needs": [f"split-{i}"],
                       "params": {"name": rendition.name, "audio_bitrate_kbps": rendition.audio_bitrate_kbps}})

@@ -81,3 +81,18 @@ def test_a_retried_chunked_workflow_runs_only_the_failed_chunks_then_the_concat(
     assert {name: advance.flow.steps[name] for name in kept} == kept  # same jobs and outputs
     assert advance.flow.steps["split-0.chunk-0001"].previous_jobs == ["c1"]
     assert advance.flow.steps["concat-0"].status == StepStatus.pending
+
+
+def test_a_renditions_thread_cap_reaches_the_single_pass_and_every_chunk():
+    from renderfarm.core.params import Rendition
+    from renderfarm.worker.workloads.cpu import transcode_command
+
+    capped = transcode_command("/in.mp4", "/out.mp4", Rendition(height=240, threads=2), has_audio=True)
+    assert capped[capped.index("-threads") + 1] == "2"
+    assert "-threads" not in transcode_command("/in.mp4", "/out.mp4", Rendition(height=240), has_audio=True)
+    renditions = [{"height": 240, "threads": 2}]
+    inherited = chunked_spec("file:///in.mp4", TranscodeParams(renditions=renditions), Chunking(), priority="normal")
+    assert inherited.step("split-0").each_chunk["threads"] == 2
+    chunking_wins = chunked_spec("file:///in.mp4", TranscodeParams(renditions=renditions), Chunking(threads=1),
+                                 priority="normal")
+    assert chunking_wins.step("split-0").each_chunk["threads"] == 1

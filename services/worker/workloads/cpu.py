@@ -145,6 +145,8 @@ def transcode_command(input_path: Path | str, output_path: Path | str, rendition
         options |= {"b:v": f"{kbps}k", "maxrate": f"{kbps}k", "bufsize": f"{2 * kbps}k"}
     else:
         options["crf"] = rendition.crf if rendition.crf is not None else DEFAULT_CRF
+    if rendition.threads:
+        options["threads"] = rendition.threads
     if rendition.video_codec == "hevc":
         # hvc1 is the tag Apple players require; x265 logs to stderr on its own otherwise.
         options |= {"tag:v": "hvc1", "x265-params": "log-level=error"}
