@@ -123,11 +123,13 @@ def compile_command(stream_spec) -> list[str]:
 
 @dataclass(frozen=True)
 class ProgressUpdate:
-    """One ``-progress`` block: output time reached (None before the first packet) and
-    whether ffmpeg said it is done."""
+    """One ``-progress`` block: output time reached (None before the first packet),
+    whether ffmpeg said it is done, and the first video output's frame count so far
+    (None without video)."""
 
     out_time_s: float | None
     ended: bool
+    frames: int | None = None
 
 
 def _parse_out_time(block: dict[str, str]) -> float | None:
@@ -170,11 +172,13 @@ class ProgressParser:
             self._block[key] = value
             return None
         out_time = _parse_out_time(self._block)
+        raw_frames = self._block.get("frame", "")
         self._block = {}
         if out_time is not None:
             self.last_time_s = out_time
         self.ended = value == "end"
-        return ProgressUpdate(out_time_s=out_time, ended=self.ended)
+        return ProgressUpdate(out_time_s=out_time, ended=self.ended,
+                              frames=int(raw_frames) if raw_frames.isdigit() else None)
 
 
 def parse_progress_lines(lines: Iterable[str]) -> list[ProgressUpdate]:
@@ -287,9 +291,10 @@ def run_ffmpeg(
     what: str = "ffmpeg",
     grace_s: float = TERMINATE_GRACE_S,
     should_stop: Callable[[], bool] | None = None,
-) -> None:
+) -> ProgressUpdate | None:
     """Run an ffmpeg command to the end, calling ``on_progress(percent)`` for every
-    progress block.
+    progress block; returns the last block (its ``frames`` is what the first video
+    output got), or None if ffmpeg wrote none.
 
     If ``on_progress`` raises (JobCancelled, typically) — or anything else
     interrupts the wait, such as Celery's soft time limit — ffmpeg is stopped
@@ -311,12 +316,13 @@ def run_ffmpeg(
     reader = _drain(proc.stderr, stderr_lines)
     watch = _CancelWatch(proc, should_stop, grace_s)
     parser = ProgressParser()
-    percent = 0.0
+    percent, last = 0.0, None
     try:
         for line in proc.stdout:
             update = parser.feed(line)
             if update is None:
                 continue
+            last = update
             percent = progress_percent(update, duration_s, percent)
             if on_progress is not None:
                 on_progress(percent)
@@ -333,6 +339,7 @@ def run_ffmpeg(
         raise JobCancelled(f"{what}: stopped, the job was cancelled")
     if returncode != 0:
         raise failure(what, returncode, "".join(stderr_lines))
+    return last
 
 
 @contextmanager

@@ -34,7 +34,14 @@ def test_each_block_yields_its_output_time_in_seconds():
 
 def test_unknown_time_before_the_first_packet_is_none():
     updates = parse_progress_lines(block("N/A", out_time="N/A"))
-    assert updates == [ProgressUpdate(out_time_s=None, ended=False)]
+    assert updates == [ProgressUpdate(out_time_s=None, ended=False, frames=12)]
+
+
+def test_each_block_says_the_frames_written_and_none_without_video():
+    lines = block("500000") + [line.replace("frame=12", "frame=3000") for line in block("2000000", "end")]
+    assert [u.frames for u in parse_progress_lines(lines)] == [12, 3000]
+    audio_only = [line for line in block("2000000", "end") if not line.startswith("frame=")]
+    assert parse_progress_lines(audio_only)[0].frames is None
 
 
 def test_out_time_ms_is_read_as_microseconds_when_out_time_us_is_missing():
@@ -70,7 +77,7 @@ def test_incremental_parser_remembers_the_last_known_time():
     update = None
     for line in block("N/A", out_time="N/A"):
         update = parser.feed(line) or update
-    assert update == ProgressUpdate(out_time_s=None, ended=False)
+    assert update == ProgressUpdate(out_time_s=None, ended=False, frames=12)
     assert parser.last_time_s == pytest.approx(0.9)
 
 
