@@ -84,9 +84,11 @@ class ThumbnailParams(_Params):
 
 
 class ExtractAudioParams(_Params):
-    sample_rate: int = Field(default=16_000, ge=8_000, le=48_000)
-    channels: Literal[1, 2] = 1
-    format: Literal["wav", "flac"] = "wav"
+    sample_rate: int | None = Field(default=16_000, ge=8_000, le=48_000, description="null: the source's")
+    channels: Literal[1, 2] | None = Field(default=1, description="null: the source's")
+    format: Literal["wav", "flac", "m4a"] = Field(default="wav", description="m4a: AAC at bitrate_kbps, as transcode "
+                                                  "encodes audio")
+    bitrate_kbps: int = Field(default=128, ge=16, le=512, description="m4a only")
 
 
 class TranscribeParams(_Params):
@@ -191,6 +193,9 @@ class ChunkConcatParams(_Params):
                               description="media references to the encoded chunks, in playback order")
     name: str = Field(default="video", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="output is <name>.mp4")
     audio_bitrate_kbps: int = Field(default=128, ge=16, le=512)
+    audio: str | None = Field(default=None, max_length=4096, description="media reference to the audio, already "
+                              "encoded (extract_audio to m4a), muxed as it is; omitted: the input's audio is "
+                              "encoded here")
 
     @model_validator(mode="after")
     def _references(self) -> "ChunkConcatParams":

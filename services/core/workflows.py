@@ -27,6 +27,7 @@ PLACEHOLDER_URI = "file:///workflow-reference"
 
 # The chunked-transcode kinds (media branch): a split's result fans out into one encode per chunk.
 CHUNK_SPLIT, CHUNK_ENCODE, CHUNK_CONCAT = "chunk_split", "chunk_encode", "chunk_concat"
+EXTRACT_AUDIO = "extract_audio"
 
 
 class FailurePolicy(StrEnum):
@@ -356,7 +357,8 @@ def on_job_end(flow: Flow, job_id: str, job_status: JobStatus, outputs: dict[str
     flow = flow.model_copy(update={"steps": steps})
     step = flow.spec.step(name)
     if job_status == JobStatus.succeeded and step.kind == CHUNK_SPLIT:
-        flow = expand_chunks(flow, name, (metadata or {}).get("chunks") or [])
+        flow = expand_chunks(flow, name, (metadata or {}).get("chunks") or [],
+                             has_audio=bool((metadata or {}).get("has_audio")))
     flow, to_cancel = _settle(flow)
     return Advance(flow=flow, start=ready_steps(flow), cancel_jobs=to_cancel, changed=True)
 
@@ -447,10 +449,19 @@ def chunk_step_name(split: str, index: int) -> str:
     return f"{split}.chunk-{index:04d}"
 
 
-def expand_chunks(flow: Flow, split: str, chunks: list[dict[str, Any]]) -> Flow:
+def audio_step_name(concat: str) -> str:
+    return f"{concat}.audio"
+
+
+def expand_chunks(flow: Flow, split: str, chunks: list[dict[str, Any]], *, has_audio: bool = False) -> Flow:
     """One ``chunk_encode`` step per chunk of a finished ``chunk_split`` (longest first,
     so the longest work starts first), each feeding every ``chunk_concat`` step that
     needs the split: its ``chunks`` param becomes the encoded chunks in index order.
+
+    Where the source has audio, each such concat also gets an ``extract_audio`` step
+    (AAC at the concat's bitrate) that starts before the chunks: the audio encodes
+    beside them on another worker instead of after them in the concat, which is left
+    a copy.
 
     An encode step's params are the split step's ``each_chunk``. Steps
     already expanded (a retried workflow) are kept, so resume re-encodes only what is missing."""
@@ -461,6 +472,18 @@ def expand_chunks(flow: Flow, split: str, chunks: list[dict[str, Any]]) -> Flow:
     existing = {step.name for step in flow.spec.steps}
     new_steps = list(flow.spec.steps)
     states = dict(flow.steps)
+    audio_of: dict[str, str] = {}
+    for step in flow.spec.steps:
+        if step.kind != CHUNK_CONCAT or split not in step.needs or "audio" in step.params or not has_audio:
+            continue
+        name = audio_of[step.name] = audio_step_name(step.name)
+        if name in existing:
+            continue
+        audio = {"format": "m4a", "bitrate_kbps": int(step.params.get("audio_bitrate_kbps", 128)),
+                 "sample_rate": None, "channels": None}
+        new_steps.append(StepSpec(name=name, kind=EXTRACT_AUDIO, input=split_step.input, params=audio,
+                                  priority=split_step.priority, needs=[split]))
+        states[name] = StepState()
     by_index: list[tuple[int, str]] = []
     for chunk in ordered:
         index = int(chunk["index"])
@@ -474,8 +497,11 @@ def expand_chunks(flow: Flow, split: str, chunks: list[dict[str, Any]]) -> Flow:
     chunk_names = [name for _, name in sorted(by_index)]
     for i, step in enumerate(new_steps):
         if step.kind == CHUNK_CONCAT and split in step.needs:
-            needs = list(dict.fromkeys(step.needs + chunk_names))
+            audio = [audio_of[step.name]] if step.name in audio_of else []
+            needs = list(dict.fromkeys(step.needs + audio + chunk_names))
             params = dict(step.params) | {"chunks": [{"from": name} for name in chunk_names]}
+            if audio:
+                params["audio"] = {"from": audio[0], "output": "audio.m4a"}
             new_steps[i] = step.model_copy(update={"needs": needs, "params": params})
     spec = flow.spec.model_copy(update={"steps": new_steps})
     return flow.model_copy(update={"spec": spec, "steps": states})

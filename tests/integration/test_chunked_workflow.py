@@ -88,6 +88,11 @@ def test_a_chunked_transcode_job_matches_a_single_pass_encode(api, rf_settings_e
     chunk_steps = [name for name in steps if name.startswith("split-0.chunk-")]
     assert len(chunk_steps) >= 3 and len([n for n in steps if n.startswith("split-1.chunk-")]) == len(chunk_steps)
     assert set(steps["concat-0"]["outputs"]) == {"240p.mp4"} and set(steps["concat-1"]["outputs"]) == {"small.mp4"}
+    # The audio was encoded once per rendition by its own step, beside the chunks, and copied by the concat.
+    for concat in ("concat-0", "concat-1"):
+        assert set(steps[f"{concat}.audio"]["outputs"]) == {"audio.m4a"}
+        concat_job = get(api, f"/v1/jobs/{steps[concat]['job_id']}")
+        assert concat_job["params"]["audio"] == steps[f"{concat}.audio"]["outputs"]["audio.m4a"]
     reference_job = wait_for(lambda: (j := get(api, f"/v1/jobs/{single.json()['id']}"))["status"] in TERMINAL and j,
                              120, what="the single-pass job")
     assert reference_job["status"] == "succeeded"

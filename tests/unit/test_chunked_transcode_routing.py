@@ -96,3 +96,27 @@ def test_a_renditions_thread_cap_reaches_the_single_pass_and_every_chunk():
     chunking_wins = chunked_spec("file:///in.mp4", TranscodeParams(renditions=renditions), Chunking(threads=1),
                                  priority="normal")
     assert chunking_wins.step("split-0").each_chunk["threads"] == 1
+
+
+def test_a_source_with_audio_gets_an_audio_step_that_starts_first_and_feeds_the_concat():
+    spec = chunked_spec("file:///in.mp4", params(), Chunking(), priority="high")
+    flow = Flow.new(spec)
+    flow = flow.model_copy(update={"steps": flow.steps | {"split-0": flow.steps["split-0"].model_copy(
+        update={"status": StepStatus.started, "job_id": "j0"})}})
+    chunks = [{"index": i, "start_s": i, "end_s": i + 1, "uri": f"file:///c{i}"} for i in range(2)]
+    advance = on_job_end(flow, "j0", JobStatus.succeeded, {}, {"chunks": chunks, "has_audio": True})
+    assert [n for n in advance.start if n.startswith(("concat-0", "split-0"))] == [
+        "concat-0.audio", "split-0.chunk-0000", "split-0.chunk-0001"]
+    audio = advance.flow.spec.step("concat-0.audio")
+    assert (audio.kind, audio.input, audio.needs) == ("extract_audio", None, ["split-0"])
+    assert audio.priority == spec.step("split-0").priority
+    assert audio.params == {"format": "m4a", "bitrate_kbps": 128, "sample_rate": None, "channels": None}
+    concat = advance.flow.spec.step("concat-0")
+    assert concat.params["audio"] == {"from": "concat-0.audio", "output": "audio.m4a"}
+    assert concat.needs == ["split-0", "concat-0.audio", "split-0.chunk-0000", "split-0.chunk-0001"]
+    assert validate_spec(advance.flow.spec) == []
+    again = expand_chunks(advance.flow, "split-0", chunks, has_audio=True)
+    assert [s.name for s in again.spec.steps] == [s.name for s in advance.flow.spec.steps]
+
+    silent = on_job_end(flow, "j0", JobStatus.succeeded, {}, {"chunks": chunks, "has_audio": False})
+    assert "concat-0.audio" not in silent.start and "audio" not in silent.flow.spec.step("concat-0").params

@@ -6,9 +6,11 @@
 - ``chunk_encode``: one chunk encoded with the transcode rendition settings, every
   frame kept (``-fps_mode passthrough``), output ``encoded.mkv``.
 - ``chunk_concat``: the encoded chunks joined with stream copy in the order given,
-  then the source's audio encoded ONCE over the whole length and muxed beside them,
-  output ``<name>.mp4``. Audio never passes through the chunks, so chunk boundaries
-  cannot make it drift against the video.
+  and the source's audio, encoded ONCE over the whole length, muxed beside them,
+  output ``<name>.mp4``. In a workflow the audio is an ``extract_audio`` (m4a) step
+  that runs beside the chunk encodes and is copied here; alone, the concat encodes
+  it. Audio never passes through the chunks, so chunk boundaries cannot make it
+  drift against the video.
 
 The concat demuxer only ever reads a list this worker writes, naming copies of the
 chunks in its own scratch folder, each checked first to be a one-video-track
@@ -105,11 +107,15 @@ def encode_command(input_path: Path | str, output_path: Path | str, params: Chun
 
 
 def concat_command(list_path: Path, source: Path | str, output_path: Path | str, has_audio: bool,
-                   audio_bitrate_kbps: int, video_codec: str | None = "h264") -> list[str]:
+                   audio_bitrate_kbps: int, video_codec: str | None = "h264", *, audio_encoded: bool = False) -> list[str]:
+    """``source`` gives the audio: encoded here at ``audio_bitrate_kbps``, or, with
+    ``audio_encoded``, an AAC file made beside the chunks, copied as it is."""
     args = [*concat_input_args(list_path), *input_args(source), "-map", "0:v:0", "-c:v", "copy"]
     if video_codec == "hevc":
         args += ["-tag:v", "hvc1"]  # what Apple players require in MP4, as transcode writes it
-    if has_audio:
+    if has_audio and audio_encoded:
+        args += ["-map", "1:a:0", "-c:a", "copy"]
+    elif has_audio:
         args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", f"{audio_bitrate_kbps}k"]
     return ffmpeg_argv(*args, "-movflags", "+faststart", "-max_muxing_queue_size", "1024", "-f", "mp4",
                        file_url(output_path))
@@ -183,6 +189,7 @@ def chunk_split(ctx: JobContext) -> JobResult:
         "chunks": chunks,
         "order": longest_first(chunks),
         "split_on": split_on,
+        "has_audio": bool(audio_streams(info)),
         "frames": len(frame_times),
         "duration": round(duration, 6),
         "fps": fps,
@@ -235,9 +242,9 @@ def chunk_encode(ctx: JobContext) -> JobResult:
 
 
 def _stage_chunk(ctx: JobContext, reference: str, target: Path) -> None:
-    """A private copy of one chunk (hard link where the filesystem allows): what the
-    concat list names cannot change between its check and its use."""
-    source = local_reference(reference, ctx.settings, ctx.work_dir, f"chunk {target.name}")
+    """A private copy of one chunk or of the audio (hard link where the filesystem
+    allows): what the concat reads cannot change between its check and its use."""
+    source = local_reference(reference, ctx.settings, ctx.work_dir, target.name)
     try:
         os.link(source, target)
     except OSError:
@@ -246,10 +253,15 @@ def _stage_chunk(ctx: JobContext, reference: str, target: Path) -> None:
 
 def chunk_concat(ctx: JobContext) -> JobResult:
     params: ChunkConcatParams = ctx.params  # type: ignore[assignment]
-    info, _ = _video(ctx, ctx.input_path)
-    has_audio = bool(audio_streams(info))
     folder = ctx.work_dir / "concat"
     folder.mkdir(parents=True, exist_ok=True)
+    if params.audio:
+        # Encoded by its own step while the chunks encoded: only a copy is left to do.
+        audio_from, has_audio, duration = folder / "audio.m4a", True, 0.0
+        _stage_chunk(ctx, params.audio, audio_from)
+    else:
+        info, _ = _video(ctx, ctx.input_path)
+        audio_from, has_audio, duration = ctx.input_path, bool(audio_streams(info)), media_duration(info)
     names, shape, frames = [], None, 0
     for index, reference in enumerate(params.chunks):
         ctx.progress(10.0 * index / len(params.chunks), "checking chunks", f"{index + 1}/{len(params.chunks)}")
@@ -263,6 +275,8 @@ def chunk_concat(ctx: JobContext) -> JobResult:
         if len(tracks) != 1 or tracks[0].type != "video" or tracks[0].codec is None:
             raise InvalidInput(f"chunk {index} is not a video-only Matroska chunk (chunk_encode's output)")
         this_shape = (tracks[0].codec, tracks[0].width, tracks[0].height)
+        if params.audio:
+            duration = duration + head.duration_s if duration is not None and head.duration_s else None
         if shape is not None and this_shape != shape:
             raise InvalidInput(f"chunk {index} is {this_shape}, chunk 0 is {shape}: chunks must share one encoding")
         shape = this_shape
@@ -271,11 +285,10 @@ def chunk_concat(ctx: JobContext) -> JobResult:
     list_path.write_text(concat_list(names))
 
     output_name = f"{params.name}.mp4"
-    duration = media_duration(info)
     temp = ctx.temp_output(output_name)
     try:
-        last = run_ffmpeg(concat_command(list_path, ctx.input_path, temp, has_audio, params.audio_bitrate_kbps,
-                                         shape[0]),
+        last = run_ffmpeg(concat_command(list_path, audio_from, temp, has_audio, params.audio_bitrate_kbps,
+                                         shape[0], audio_encoded=bool(params.audio)),
                           duration_s=duration, what="chunk concat", should_stop=ctx.is_cancelled,
                           on_progress=lambda percent: ctx.progress(10 + 0.9 * percent, "joining chunks", ""))
         frames = _frames_written(ctx, last, temp, 0)

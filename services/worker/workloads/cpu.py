@@ -27,7 +27,9 @@ DEFAULT_CRF = 23
 
 _VIDEO_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 _IMAGE_ENCODERS = {"jpg": "mjpeg", "png": "png"}
-_MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "wav": "audio/wav", "flac": "audio/flac", "mp4": "video/mp4"}
+_MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "wav": "audio/wav", "flac": "audio/flac", "mp4": "video/mp4",
+                "m4a": "audio/mp4"}
+_AUDIO_CODECS = {"wav": "pcm_s16le", "flac": "flac", "m4a": "aac"}
 
 
 # --- reading ffprobe output (pure) -----------------------------------------------------
@@ -176,10 +178,17 @@ def sprite_command(pattern: Path | str, output_path: Path | str, count: int, col
     return compile_command(ffmpeg.output(sheet, file_url(output_path), **options))
 
 
-def extract_audio_command(input_path: Path | str, output_path: Path | str, sample_rate: int, channels: int, audio_format: str) -> list[str]:
+def extract_audio_command(input_path: Path | str, output_path: Path | str, sample_rate: int | None, channels: int | None,
+                          audio_format: str, bitrate_kbps: int = 128) -> list[str]:
     source = ffmpeg.input(file_url(input_path), **input_kwargs())
-    codec = "pcm_s16le" if audio_format == "wav" else "flac"
-    options = {"format": audio_format, "c:a": codec, "ar": sample_rate, "ac": channels}
+    options: dict[str, Any] = {"format": "mp4" if audio_format == "m4a" else audio_format,
+                               "c:a": _AUDIO_CODECS[audio_format]}
+    if sample_rate:
+        options["ar"] = sample_rate
+    if channels:
+        options["ac"] = channels
+    if audio_format == "m4a":
+        options |= {"b:a": f"{bitrate_kbps}k", "movflags": "+faststart"}
     return compile_command(ffmpeg.output(source["a:0"], file_url(output_path), **options))
 
 
@@ -377,16 +386,17 @@ def extract_audio(ctx: JobContext) -> JobResult:
     name = f"audio.{params.format}"
     ctx.progress(0, "extract_audio", "")
     with _temporary(ctx, name) as temp:
-        run_ffmpeg(extract_audio_command(ctx.input_path, temp, params.sample_rate, params.channels, params.format),
+        run_ffmpeg(extract_audio_command(ctx.input_path, temp, params.sample_rate, params.channels, params.format,
+                                         params.bitrate_kbps),
                    duration_s=duration, on_progress=lambda percent: ctx.progress(percent, "extract_audio", ""),
                    what="extract audio", should_stop=ctx.is_cancelled)
         output = ctx.publish(temp, name, _MEDIA_TYPES[params.format])
     ctx.progress(100, "extract_audio", "done")
     return JobResult(outputs=[output], metadata={
-        "sample_rate": params.sample_rate,
-        "channels": params.channels,
+        "sample_rate": params.sample_rate or _int(streams[0].get("sample_rate")),
+        "channels": params.channels or _int(streams[0].get("channels")),
         "format": params.format,
-        "codec": "pcm_s16le" if params.format == "wav" else "flac",
+        "codec": _AUDIO_CODECS[params.format],
         "duration": duration,
         "size": output.size_bytes,
     })
