@@ -19,6 +19,8 @@ TEMPLATE = "chunked-transcode"
 
 def chunking_of(params: TranscodeParams, min_duration_s: float | None, chunk_duration_s: float) -> Chunking | None:
     """The chunking a submitted transcode gets; None: a single-pass job."""
+    if params.chunking is False:
+        return None  # the client asked for one pass
     if params.chunking is not None:
         return params.chunking
     if min_duration_s is None:

@@ -15,6 +15,10 @@ from typing import Any, Iterable, Sequence
 # that is shorter; the last chunk may stretch to 1.5 targets instead of leaving a stub.
 MIN_FRACTION = 0.5
 TAIL_FRACTION = 1.5
+# Chunks per split at most: each is a workflow step, and the workflow's whole record
+# is rewritten at every step's end. 200 chunks keep a 200-worker pool busy.
+DEFAULT_MAX_CHUNKS = 200
+MAX_CHUNKS = 1000
 
 
 def plan_cuts(candidates: Iterable[float], duration_s: float, target_s: float) -> list[float]:
@@ -37,6 +41,20 @@ def plan_cuts(candidates: Iterable[float], duration_s: float, target_s: float) -
         cuts.append(pick)
         last = pick
     return cuts
+
+
+def plan_cuts_capped(candidates: Iterable[float], duration_s: float, target_s: float, max_chunks: int) -> list[float]:
+    """``plan_cuts`` with at most ``max_chunks`` chunks: a long source gets longer chunks
+    rather than more of them."""
+    if max_chunks < 1:
+        raise ValueError("max_chunks must be at least 1")
+    points = sorted(set(candidates))
+    target = max(target_s, duration_s / max_chunks)
+    while True:
+        cuts = plan_cuts(points, duration_s, target)
+        if len(cuts) < max_chunks:
+            return cuts
+        target *= 1.05 * (len(cuts) + 1) / max_chunks
 
 
 def chunk_spans(cuts: Sequence[float], duration_s: float) -> list[tuple[float, float]]:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from renderfarm.core.chunking import DEFAULT_MAX_CHUNKS, MAX_CHUNKS
+
 
 class _Params(BaseModel):
     # Unknown fields are an error, not silently dropped: a typo must not run a job
@@ -48,13 +50,16 @@ class Chunking(_Params):
     split_on: Literal["keyframes", "scenes"] = Field(default="keyframes", description="scenes: cut on keyframes that "
                                                      "start a detected scene, where there are any")
     min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk")
+    max_chunks: int = Field(default=DEFAULT_MAX_CHUNKS, ge=1, le=MAX_CHUNKS,
+                            description="a longer source gets longer chunks, never more than this many")
     threads: int = Field(default=0, ge=0, le=64, description="encoder threads per chunk; 0 = the encoder's choice")
 
 
 class TranscodeParams(_Params):
     renditions: list[Rendition] = Field(min_length=1, max_length=8)
-    chunking: Chunking | None = Field(default=None, description="encode in chunks in parallel (POST /v1/jobs answers "
-                                      "with a workflow); omitted: RF_CHUNKING_MIN_DURATION_S decides")
+    chunking: Chunking | Literal[False] | None = Field(
+        default=None, description="encode in chunks in parallel (POST /v1/jobs answers with a workflow); false: "
+        "single pass whatever the farm's setting; omitted: RF_CHUNKING_MIN_DURATION_S decides")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "TranscodeParams":
@@ -182,6 +187,8 @@ class ChunkSplitParams(_Params):
     scene_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="ffmpeg scene score that counts as a cut")
     min_duration_s: float = Field(default=0.0, ge=0.0, le=1e6, description="a source shorter than this is one chunk (automatic "
                                                                    "chunking: only the split knows the duration)")
+    max_chunks: int = Field(default=DEFAULT_MAX_CHUNKS, ge=1, le=MAX_CHUNKS,
+                            description="a longer source gets longer chunks, never more than this many")
 
 
 class ChunkEncodeParams(Rendition):

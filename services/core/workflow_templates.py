@@ -52,7 +52,7 @@ def _chunked_transcode(p: ChunkedTranscodeParams) -> list[dict[str, Any]]:
     each split on its own."""
     steps: list[dict[str, Any]] = []
     split = {"chunk_duration_s": p.chunking.chunk_duration_s, "split_on": p.chunking.split_on,
-             "min_duration_s": p.chunking.min_duration_s}
+             "min_duration_s": p.chunking.min_duration_s, "max_chunks": p.chunking.max_chunks}
     for i, rendition in enumerate(p.renditions):
         encode = rendition.model_dump(mode="json", exclude={"audio_bitrate_kbps"}) | {
             "threads": p.chunking.threads or rendition.threads}

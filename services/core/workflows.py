@@ -16,12 +16,16 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from renderfarm.core.chunking import MAX_CHUNKS
 from renderfarm.core.jobs import JobStatus
 from renderfarm.core.kinds import KINDS, JobKind, output_names
 from renderfarm.core.queues import Priority
 
 STEP_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-MAX_STEPS = 200
+MAX_STEPS = 200  # what a client may submit
+# What a stored workflow may grow to: each chunk_split step (one per rendition, at
+# most 8) fans out into up to MAX_CHUNKS encode steps plus an audio step.
+MAX_STORED_STEPS = MAX_STEPS + 8 * (MAX_CHUNKS + 1)
 # What a reference stands for while params are validated before it is resolved.
 PLACEHOLDER_URI = "file:///workflow-reference"
 
@@ -53,7 +57,7 @@ class StepSpec(BaseModel):
                                                                   "omitted: the workflow's input")
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Priority | None = Field(default=None, description="omitted: the workflow's priority")
-    needs: list[str] = Field(default_factory=list, max_length=MAX_STEPS)
+    needs: list[str] = Field(default_factory=list, max_length=MAX_STORED_STEPS)
     each_chunk: dict[str, Any] | None = Field(default=None, description=f"on a {CHUNK_SPLIT} step: the params of "
                                               f"the {CHUNK_ENCODE} step made for each chunk")
 
@@ -63,7 +67,7 @@ class WorkflowSpec(BaseModel):
 
     input: str | None = Field(default=None, min_length=1, max_length=4096,
                               description="what steps without an input of their own read")
-    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STEPS)
+    steps: list[StepSpec] = Field(min_length=1, max_length=MAX_STORED_STEPS)
     failure_policy: FailurePolicy = FailurePolicy.fail_fast
     priority: Priority = Priority.normal
 
@@ -135,6 +139,8 @@ def validate_spec(spec: WorkflowSpec, kinds: dict[str, JobKind] | None = None) -
     def error(field: str, message: str) -> None:
         errors.append({"field": field, "message": message})
 
+    if len(spec.steps) > MAX_STEPS:  # a chunk_split's fan-out may grow it later, up to MAX_STORED_STEPS
+        error("steps", f"at most {MAX_STEPS} steps, not {len(spec.steps)}")
     names: dict[str, int] = {}
     for i, step in enumerate(spec.steps):
         if step.name in names:
@@ -167,7 +173,7 @@ def validate_spec(spec: WorkflowSpec, kinds: dict[str, JobKind] | None = None) -
             for err in exc.errors():
                 loc = ".".join(str(part) for part in err.get("loc", ()))
                 error(f"steps.{i}.params" + (f".{loc}" if loc else ""), err.get("msg", "invalid"))
-        if step.kind == "transcode" and step.params.get("chunking") is not None:
+        if step.kind == "transcode" and step.params.get("chunking") not in (None, False):
             # A step's job runs as it is; chunking makes a workflow of its own.
             error(f"steps.{i}.params.chunking", "a transcode step runs single-pass: chunk it with the "
                                                 "chunked-transcode template's steps (chunk_split, chunk_concat)")

@@ -47,11 +47,15 @@ def test_a_batch_runs_to_completion_on_real_workers_and_shows_its_status(api, rf
     assert _queued_messages(redis_client) == 12
     worker = start_worker(rf_settings_env, concurrency=2)
     try:
-        done = wait_for(lambda: (view := httpx.get(f"{api}/v1/batches/{batch['id']}", headers=AUTH).json())
-                        ["counts"]["succeeded"] == 12 and view, 120, what="the batch to finish")
+        # The CLI's live view follows it to the end and exits 0 only when all succeeded.
+        watched = CliRunner().invoke(cli_app, ["--api-url", api, "--api-key", OPERATOR_KEY, "batch", "watch",
+                                               batch["id"]], env={"COLUMNS": "200"}, catch_exceptions=False)
+        done = httpx.get(f"{api}/v1/batches/{batch['id']}", headers=AUTH).json()
     finally:
         worker.stop()
-    assert sum(done["counts"].values()) == 12
+    assert watched.exit_code == 0, watched.output
+    assert f"12/12  succeeded 12" in watched.output
+    assert done["counts"]["succeeded"] == 12 and sum(done["counts"].values()) == 12
     # Each job is an ordinary job, and the id list pages with a cursor in submit order.
     first = httpx.get(f"{api}/v1/batches/{batch['id']}", params={"limit": 5}, headers=AUTH).json()
     second = httpx.get(f"{api}/v1/batches/{batch['id']}", params={"limit": 5, "cursor": first["next_cursor"]},

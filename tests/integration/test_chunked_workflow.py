@@ -119,6 +119,9 @@ def test_automatic_chunking_makes_a_short_source_one_chunk(rf_settings_env, proc
                                                               "params": {"renditions": [{"height": 120}]}})
         assert response.status_code == 202 and response.json()["template"] == "chunked-transcode", response.text
         done = wait_done(client, response.json()["id"], 120)
+        opted_out = client.post("/v1/jobs", headers=AUTH, json={
+            "kind": "transcode", "input": clip.as_uri(), "params": {"renditions": [{"height": 120}], "chunking": False}})
+        assert opted_out.status_code == 202 and opted_out.json()["kind"] == "transcode", opted_out.text  # one job
     steps = steps_of(done)
     assert done["status"] == "succeeded", steps
     assert [n for n in steps if ".chunk-" in n] == ["split-0.chunk-0000"]  # shorter than 60 s: one chunk

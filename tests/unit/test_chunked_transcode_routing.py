@@ -18,6 +18,10 @@ def test_explicit_chunking_always_routes_and_automatic_only_when_set():
     assert chunking_of(params(), None, 30) is None  # off by default
     auto = chunking_of(params(), 600, 45)
     assert auto == Chunking(chunk_duration_s=45, min_duration_s=600)  # the split knows the duration
+    assert chunking_of(params(chunking=False), 600, 45) is None  # a job may opt out of the farm's setting
+    opted_out = WorkflowSpec.model_validate({"input": "file:///in.mp4", "steps": [
+        {"name": "t", "kind": "transcode", "params": {"renditions": [{"height": 240}], "chunking": False}}]})
+    assert validate_spec(opted_out) == []
 
 
 def test_one_split_and_one_concat_per_rendition_with_the_rendition_settings():
@@ -120,3 +124,20 @@ def test_a_source_with_audio_gets_an_audio_step_that_starts_first_and_feeds_the_
 
     silent = on_job_end(flow, "j0", JobStatus.succeeded, {}, {"chunks": chunks, "has_audio": False})
     assert "concat-0.audio" not in silent.start and "audio" not in silent.flow.spec.step("concat-0").params
+
+
+def test_a_workflow_expanded_past_the_submit_limit_still_reads_back():
+    """1,000 chunks of one split: the stored record must load again (it did not past 200 steps)."""
+    from renderfarm.core.chunking import MAX_CHUNKS
+    from renderfarm.core.workflows import MAX_STEPS
+
+    spec = chunked_spec("file:///in.mp4", TranscodeParams.model_validate({"renditions": [{"height": 240}]}),
+                        Chunking(max_chunks=MAX_CHUNKS), priority="normal")
+    chunks = [{"index": i, "start_s": i, "end_s": i + 1, "uri": f"file:///c{i}"} for i in range(MAX_CHUNKS)]
+    flow = expand_chunks(Flow.new(spec), "split-0", chunks, has_audio=True)
+    assert len(flow.spec.steps) > MAX_STEPS
+    assert Flow.model_validate_json(flow.model_dump_json()) == flow
+    assert len(flow.spec.step("concat-0").needs) == MAX_CHUNKS + 2
+    too_many = WorkflowSpec.model_validate({"input": "file:///in.mp4", "steps": [
+        {"name": f"p{i}", "kind": "probe"} for i in range(MAX_STEPS + 1)]})
+    assert [e["field"] for e in validate_spec(too_many)] == ["steps"]

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from renderfarm.core.chunking import chunk_spans, frames_in_spans, longest_first, plan_cuts, scene_keyframes
+from renderfarm.core.chunking import (
+    DEFAULT_MAX_CHUNKS,
+    chunk_spans,
+    frames_in_spans,
+    longest_first,
+    plan_cuts,
+    plan_cuts_capped,
+    scene_keyframes,
+)
 from renderfarm.worker.ffmpeg_exec import CONCAT_CHILD_DEMUXERS, concat_input_args, concat_list, parse_packet_lines
 from renderfarm.worker.workloads.chunks import parse_scene_times, split_command
 
@@ -103,3 +111,16 @@ def test_scene_filter_writes_its_report_to_a_quoted_path_and_refuses_unquotable_
     assert "gt(scene\\,0.3)" in scene_filter(0.3, tmp_path / "scenes.txt")
     with pytest.raises(RuntimeError):
         scene_filter(0.3, tmp_path / "it's" / "scenes.txt")
+
+
+def test_a_ten_hour_source_gets_longer_chunks_not_more_than_the_cap():
+    keyframes = [2.0 * i for i in range(1, 18_000)]
+    cuts = plan_cuts_capped(keyframes, 36_000.0, 30.0, DEFAULT_MAX_CHUNKS)
+    assert len(cuts) + 1 <= DEFAULT_MAX_CHUNKS and len(cuts) + 1 >= 0.9 * DEFAULT_MAX_CHUNKS
+    assert set(cuts) <= set(keyframes)
+    assert plan_cuts_capped(keyframes, 600.0, 30.0, DEFAULT_MAX_CHUNKS) == plan_cuts(keyframes, 600.0, 30.0)
+
+
+@given(st.lists(st.floats(0.1, 5000.0), min_size=0, max_size=300), st.floats(1.0, 120.0), st.integers(1, 50))
+def test_the_chunk_cap_always_holds(keyframes, target, cap):
+    assert len(plan_cuts_capped(keyframes, 5000.0, target, cap)) + 1 <= cap

@@ -61,7 +61,7 @@ def submit_batch(
     # A chunked transcode is a workflow of its own, not one job of a batch.
     problems += [{"code": "invalid_params", "index": index, "field": f"jobs.{index}.params.chunking",
                   "message": "a chunked transcode is a workflow: submit it on its own (POST /v1/jobs)"}
-                 for index, item in enumerate(body.jobs) if getattr(item.params, "chunking", None) is not None]
+                 for index, item in enumerate(body.jobs) if getattr(item.params, "chunking", None) not in (None, False)]
     if problems:
         raise ApiError(422, "invalid_batch", f"{len({p['index'] for p in problems})} of {len(body.jobs)} jobs are "
                        "invalid; nothing was submitted", problems)

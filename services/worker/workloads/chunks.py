@@ -29,7 +29,7 @@ import re
 import shutil
 from pathlib import Path
 
-from renderfarm.core.chunking import chunk_spans, frames_in_spans, longest_first, plan_cuts, scene_keyframes
+from renderfarm.core.chunking import chunk_spans, frames_in_spans, longest_first, plan_cuts_capped, scene_keyframes
 from renderfarm.core.jobs import JobResult
 from renderfarm.core.params import ChunkConcatParams, ChunkEncodeParams, ChunkSplitParams
 from renderfarm.worker.context import JobContext
@@ -161,7 +161,8 @@ def chunk_split(ctx: JobContext) -> JobResult:
         if on_scenes:
             candidates, split_on = on_scenes, "scenes"
 
-    cuts = [] if duration < params.min_duration_s else plan_cuts(candidates, duration, params.chunk_duration_s)
+    cuts = [] if duration < params.min_duration_s else plan_cuts_capped(candidates, duration, params.chunk_duration_s,
+                                                                         params.max_chunks)
     spans = chunk_spans(cuts, duration)
     frames = frames_in_spans(frame_times, spans)
     out_dir = ctx.work_dir / "chunks"
