@@ -48,6 +48,9 @@ def test_package_hls_writes_a_ladder_a_player_can_read(farm, data_dir, segment_t
 
     names = [o.name for o in done.result.outputs]
     assert names[-1] == "master.m3u8", "the master playlist is published last"
+    init = ["240p_init.mp4", "low_init.mp4"] if segment_type == "fmp4" else []
+    assert names == [*init, "240p.m3u8", "low.m3u8", "master.m3u8"]  # playlists and init segments only
+    assert done.result.metadata["base_uri"] == done.result.outputs[-1].uri[:-len("master.m3u8")]
     assert not any(".tmp-" in name for name in names)
     assert done.result.metadata["skipped_upscale"] == ["480p"]
 
@@ -65,7 +68,12 @@ def test_package_hls_writes_a_ladder_a_player_can_read(farm, data_dir, segment_t
         assert media.target_duration == 2
         assert len(media.segments) == 3 and all(length <= 2.0 + 1e-3 for length, _ in media.segments)
         assert media.duration == pytest.approx(DURATION_S, abs=0.05)
-        assert all(uri.endswith(f".{segment_ext}") and uri in names for _, uri in media.segments)
+        # Segments sit beside the playlist, counted in the result rather than listed one by one.
+        assert all(uri.endswith(f".{segment_ext}") and uri not in names for _, uri in media.segments)
+        assert all(output_path(done, "master.m3u8").with_name(uri).is_file() for _, uri in media.segments)
+        rendition = next(r for r in done.result.metadata["renditions"] if r["playlist"] == variant.uri)
+        assert rendition["segments"] == 3
+        assert rendition["segment_bytes"] == sum(playlist.with_name(uri).stat().st_size for _, uri in media.segments)
         if segment_type == "fmp4":
             assert media.init_segment == f"{Path(variant.uri).stem}_init.mp4" and media.init_segment in names
         else:

@@ -119,3 +119,12 @@ def test_segments_are_published_before_playlists_and_the_master_last():
     ladder = [rung(240, 400)]
     order = publish_order([MASTER_PLAYLIST, "240p.m3u8", "240p_00001.m4s", "240p_init.mp4", "240p_00000.m4s"], ladder)
     assert order == ["240p_00000.m4s", "240p_00001.m4s", "240p_init.mp4", "240p.m3u8", MASTER_PLAYLIST]
+
+
+def test_only_media_segments_are_counted_instead_of_listed():
+    from renderfarm.worker.workloads.hls import segment_rung
+
+    assert segment_rung("720p_00042.m4s") == "720p" and segment_rung("low_00000.ts") == "low"
+    assert segment_rung("my_rung_123456.ts") == "my_rung"
+    for listed in ("master.m3u8", "720p.m3u8", "720p_init.mp4", "720p_1.m4s", "x_00001.mp4"):
+        assert segment_rung(listed) is None

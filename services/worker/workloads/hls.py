@@ -13,6 +13,12 @@ published file by file (temporary name, then rename), segments first and the
 master playlist last, so a reader who sees the master sees complete variants and a
 retried job overwrites the same names.
 
+The job's result lists the playlists and init segments, the files a client names.
+Media segments sit beside them under the same prefix (``<rung>_NNNNN.m4s|ts``) and
+are counted per rendition (``segments``, ``segment_bytes``) instead of listed: a
+two-hour ladder is ~9,000 segments, which would make every read of the job record
+(and every presigning pass over its outputs) megabytes long.
+
 The ladder plan and the playlist parsers are pure functions.
 """
 
@@ -176,6 +182,16 @@ def parse_media_playlist(text: str) -> MediaPlaylist:
                          playlist_type=playlist_type)
 
 
+_SEGMENT = re.compile(r"^(?P<rung>[A-Za-z0-9_-]+)_(?P<number>\d{5,})\.(?:m4s|ts)$")
+
+
+def segment_rung(name: str) -> str | None:
+    """The rendition a media segment belongs to; None for anything else (playlists,
+    init segments)."""
+    match = _SEGMENT.match(name)
+    return match.group("rung") if match else None
+
+
 def publish_order(names: list[str], ladder: list[HlsRendition]) -> list[str]:
     """Segments and init segments, then the variants' playlists, then the master: a
     reader never finds a playlist naming a file that is not there yet."""
@@ -228,16 +244,27 @@ def package_hls(ctx: JobContext) -> JobResult:
         })
 
     ctx.progress(96, "publishing", "")
-    outputs = []
+    outputs, segment_bytes = [], {rung.name: 0 for rung in ladder}
     for name in publish_order([p.name for p in out_dir.iterdir() if p.is_file()], ladder):
         ctx.raise_if_cancelled()
         temp = ctx.temp_output(name)
         shutil.move(out_dir / name, temp)  # work_dir may sit on another filesystem than the outputs
-        outputs.append(ctx.publish(temp, name, MEDIA_TYPES.get(Path(name).suffix)))
+        output = ctx.publish(temp, name, MEDIA_TYPES.get(Path(name).suffix))
+        rung = segment_rung(name)
+        if rung is None:
+            outputs.append(output)
+        else:
+            segment_bytes[rung] = segment_bytes.get(rung, 0) + (output.size_bytes or 0)
+    for rendition in renditions:
+        rendition["segment_bytes"] = segment_bytes.get(rendition["name"], 0)
+        rendition["segment_names"] = f"{rendition['name']}_NNNNN.{'m4s' if params.segment_type == 'fmp4' else 'ts'}"
+    master_uri = next(o.uri for o in outputs if o.name == MASTER_PLAYLIST)
     ctx.progress(100, "package_hls", "done")
     skipped = [r.name for r in params.renditions if r.height > source_height]
     return JobResult(outputs=outputs, metadata={
         "master": MASTER_PLAYLIST,
+        # Where the segments sit: the playlists' own folder or prefix.
+        "base_uri": master_uri.rsplit("/", 1)[0] + "/",
         "segment_type": params.segment_type,
         "segment_duration_s": params.segment_duration_s,
         "source": {"height": source_height, "width": videos[0].get("width"), "has_audio": has_audio,
