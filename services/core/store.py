@@ -1386,6 +1386,12 @@ class JobStore:
             pipe.hget(job_key(job_id), "status")
         return pipe.execute()
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """Each job (None: gone), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        return [decode_job(raw) if raw else None for raw in pipe.execute()]
 
 
     def workflow_of(self, job_id: str) -> str | None:

@@ -16,7 +16,7 @@ from renderfarm.core import estimate_model as model
 from renderfarm.core import estimates
 from renderfarm.core import workflows as wf
 from renderfarm.core.jobs import TERMINAL_STATUSES, Job, JobStatus
-from renderfarm.core.store import JobStore, decode_job, job_key
+from renderfarm.core.store import JobStore
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,8 @@ class WorkflowEstimate:
 def _step_jobs(store: JobStore, flow: wf.Flow) -> dict[str, Job]:
     """Step name -> its job, in one round trip (a job deleted meanwhile is left out)."""
     named = [(name, state.job_id) for name, state in flow.steps.items() if state.job_id]
-    pipe = store.redis.pipeline(transaction=False)
-    for _, job_id in named:
-        pipe.hgetall(job_key(job_id))
-    return {name: decode_job(raw) for (name, _), raw in zip(named, pipe.execute()) if raw}
+    jobs = store.get_many([job_id for _, job_id in named])
+    return {name: job for (name, _), job in zip(named, jobs) if job is not None}
 
 
 def for_flow(store: JobStore, flow: wf.Flow, now: float | None = None) -> WorkflowEstimate:
