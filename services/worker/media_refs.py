@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urljoin
 
 from renderfarm.core.inputs import InputError, confine_path, file_path, input_scheme
@@ -25,10 +26,15 @@ from renderfarm.worker.fetch import local_input, readable_roots
 _SIBLING_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
 
-def local_reference(uri: str, settings: Settings, work_dir: Path, what: str = "reference") -> Path:
-    """The local file a reference names (downloaded into ``work_dir`` when remote)."""
+def local_reference(uri: str, settings: Settings, work_dir: Path, what: str = "reference", *,
+                    tenant: str = "default", should_stop: Callable[[], bool] = lambda: False) -> Path:
+    """The local file a reference names (downloaded into ``work_dir`` when remote, with
+    the job's tenant: an ``s3://`` output is readable by its own tenant only)."""
     if input_scheme(uri) != "file":
-        return local_input(uri, settings, work_dir)
+        # A folder per reference: outputs of the same name (every encoded chunk is
+        # encoded.mkv) would otherwise download onto one path, over each other.
+        folder = Path(tempfile.mkdtemp(prefix="ref-", dir=work_dir))
+        return local_input(uri, settings, folder, tenant=tenant, should_stop=should_stop)
     try:
         path = confine_path(file_path(uri), readable_roots(settings))
     except InputError as exc:
@@ -38,8 +44,9 @@ def local_reference(uri: str, settings: Settings, work_dir: Path, what: str = "r
     return path
 
 
-def read_json_reference(uri: str, settings: Settings, work_dir: Path, what: str, max_bytes: int = 64 << 20) -> Any:
-    path = local_reference(uri, settings, work_dir, what)
+def read_json_reference(uri: str, settings: Settings, work_dir: Path, what: str, max_bytes: int = 64 << 20, *,
+                        tenant: str = "default", should_stop: Callable[[], bool] = lambda: False) -> Any:
+    path = local_reference(uri, settings, work_dir, what, tenant=tenant, should_stop=should_stop)
     if path.stat().st_size > max_bytes:
         raise InvalidInput(f"{what}: {path.name} is larger than {max_bytes} bytes")
     try:

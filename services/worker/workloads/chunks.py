@@ -245,7 +245,8 @@ def chunk_encode(ctx: JobContext) -> JobResult:
 def _stage_chunk(ctx: JobContext, reference: str, target: Path) -> None:
     """A private copy of one chunk or of the audio (hard link where the filesystem
     allows): what the concat reads cannot change between its check and its use."""
-    source = local_reference(reference, ctx.settings, ctx.work_dir, target.name)
+    source = local_reference(reference, ctx.settings, ctx.work_dir, target.name, tenant=ctx.job.tenant,
+                             should_stop=ctx.is_cancelled)
     try:
         os.link(source, target)
     except OSError:

@@ -24,6 +24,12 @@ from renderfarm.worker.workloads.report_docs import build_report, image_kind, re
 
 MAX_KEYFRAME_BYTES = 16 << 20
 
+
+def _refs(ctx: JobContext) -> dict:
+    """Whose references these are: an s3:// output is readable by its own tenant only."""
+    return {"tenant": ctx.job.tenant, "should_stop": ctx.is_cancelled}
+
+
 OUTPUTS = (("report.json", "application/json"), ("report.html", "text/html"), ("report.pdf", "application/pdf"))
 
 
@@ -37,7 +43,8 @@ def _keyframes(ctx: JobContext, shots_uri: str, shots: dict[str, Any], limit: in
     names = [s.get("keyframe") for s in shots["shots"] if isinstance(s, dict) and s.get("keyframe")]
     images: dict[str, bytes] = {}
     for name in sample_evenly(names, limit):
-        path = local_reference(sibling_reference(shots_uri, str(name)), ctx.settings, ctx.work_dir, f"keyframe {name}")
+        path = local_reference(sibling_reference(shots_uri, str(name)), ctx.settings, ctx.work_dir, f"keyframe {name}",
+                               tenant=ctx.job.tenant, should_stop=ctx.is_cancelled)
         if path.stat().st_size > MAX_KEYFRAME_BYTES:
             raise InvalidInput(f"keyframe {name} is larger than {MAX_KEYFRAME_BYTES} bytes")
         data = path.read_bytes()
@@ -52,7 +59,7 @@ def report(ctx: JobContext) -> JobResult:
     params: ReportParams = ctx.params  # type: ignore[assignment]
     ctx.progress(0, "reading inputs", "")
     if params.probe:
-        media = _document(read_json_reference(params.probe, ctx.settings, ctx.work_dir, "probe"), "probe",
+        media = _document(read_json_reference(params.probe, ctx.settings, ctx.work_dir, "probe", **_refs(ctx)), "probe",
                           "streams", list)
     else:
         if not ctx.input_path.is_file():
@@ -60,11 +67,11 @@ def report(ctx: JobContext) -> JobResult:
         media = media_summary(probe(ctx.input_path, should_stop=ctx.is_cancelled))
     transcript = None
     if params.transcript:
-        transcript = _document(read_json_reference(params.transcript, ctx.settings, ctx.work_dir, "transcript"),
+        transcript = _document(read_json_reference(params.transcript, ctx.settings, ctx.work_dir, "transcript", **_refs(ctx)),
                                "transcript", "segments", list)
     shots, keyframes = None, {}
     if params.shots:
-        shots = _document(read_json_reference(params.shots, ctx.settings, ctx.work_dir, "shots"), "shots",
+        shots = _document(read_json_reference(params.shots, ctx.settings, ctx.work_dir, "shots", **_refs(ctx)), "shots",
                           "shots", list)
         ctx.progress(20, "reading keyframes", "")
         keyframes = _keyframes(ctx, params.shots, shots, params.max_keyframes)
