@@ -127,6 +127,9 @@ def test_s3_input_outputs_in_bucket_and_presigned_urls_serve_the_same_bytes(api,
         redirect = httpx.get(f"{api}/v1/jobs/{job['id']}/outputs/{name}", headers=auth)
         assert redirect.status_code == 307, redirect.text
         assert sha256(httpx.get(redirect.headers["location"], timeout=30).content) == output["checksum"]
+    # The listing signs them too.
+    [listed] = [j for j in httpx.get(f"{api}/v1/jobs", headers=auth).json()["jobs"] if j["id"] == job["id"]]
+    assert all(o["url"] and o["expires_at"] for o in listed["result"]["outputs"])
     # The job record itself holds no signature (signed per read, never stored).
     assert "X-Amz-Signature" not in redis_client.hget(f"rf:job:{job['id']}", "result")
     # Another tenant cannot reach the outputs.

@@ -145,7 +145,9 @@ def list_jobs(
                            tenant=tenant)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    return JobPage(jobs=with_estimates(store_, page.jobs), next_cursor=page.next_cursor)
+    # Fresh presigned URLs for s3:// outputs, as GET of one job gives (a local HMAC each, no request).
+    jobs = [signed_outputs(job) for job in page.jobs]
+    return JobPage(jobs=with_estimates(store_, jobs), next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its duration estimates",
