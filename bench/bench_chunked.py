@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from renderfarm.api.app import create_app  # noqa: E402
 from renderfarm.core.settings import Settings  # noqa: E402
+from bench.scratch import measure_in_scratch  # noqa: E402
 from tests.support.procs import PYTHON, RedisServer, ServiceProcess, free_port, rf_env, wait_for  # noqa: E402
 
 SECTION = "chunked"
@@ -197,15 +196,8 @@ def measure(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
-    quick = bool(getattr(report, "quick", False)) if quick is None else quick
-    base = getattr(report, "workdir", None)
-    workdir = Path(tempfile.mkdtemp(prefix="rf-bench-chunked-", dir=base))
-    try:
-        results = measure(workdir, quick)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if isinstance(report, dict):
-        report.update(results)
+    results, report = measure_in_scratch(report, "chunked", measure, quick)
+    if report is None:
         return results
     report.result(SECTION, results)
     if results["status"] != "ran":

@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from renderfarm.core.kinds import get_kind  # noqa: E402
 from renderfarm.core.store import JobStore  # noqa: E402
 from tests.support.jobs import TERMINAL, submit  # noqa: E402
 from tests.support.media import make_clip  # noqa: E402
+from bench.scratch import measure_in_scratch  # noqa: E402
 from tests.support.procs import RedisServer, rf_env, start_worker, wait_for  # noqa: E402
 
 SECTION = "estimates"
@@ -129,15 +128,8 @@ def measure(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
-    quick = bool(getattr(report, "quick", False)) if quick is None else quick
-    base = getattr(report, "workdir", None)
-    workdir = Path(tempfile.mkdtemp(prefix="rf-bench-estimates-", dir=base))
-    try:
-        results = measure(workdir, quick)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if isinstance(report, dict):
-        report.update(results)
+    results, report = measure_in_scratch(report, "estimates", measure, quick)
+    if report is None:
         return results
     report.result(SECTION, results)
     low, high = results["actual_s_range"] or (0, 0)

@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.scratch import measure_in_scratch  # noqa: E402
 from tests.support.speech import synthesise  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages only
@@ -325,15 +325,8 @@ def measure(workdir: Path, quick: bool = False) -> dict[str, Any]:
 
 def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
     """Fill ``report["transcribe"]`` / ``report["vision"]`` (a dict), or report to bench/run.py's Report."""
-    quick = bool(getattr(report, "quick", False)) if quick is None else quick
-    base = getattr(report, "workdir", None)
-    workdir = Path(tempfile.mkdtemp(prefix="rf-bench-gpu-", dir=base))
-    try:
-        results = measure(workdir, quick)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if isinstance(report, dict):
-        report.update(results)
+    results, report = measure_in_scratch(report, "gpu", measure, quick)
+    if report is None:
         return results
     report.result("gpu", results)
     t, v = results["transcribe"], results["vision"]

@@ -30,11 +30,9 @@ import argparse
 import json
 import math
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from renderfarm.operator.kube import ScaleInfo  # noqa: E402
 from renderfarm.operator.metrics import OperatorMetrics  # noqa: E402
 from renderfarm.operator.queue_reader import QueueReader  # noqa: E402
 from tests.support.chart import CRD_FILE, helm_template  # noqa: E402
+from bench.scratch import measure_in_scratch  # noqa: E402
 from tests.support.procs import PYTHON, RedisServer, ServiceProcess, free_port, rf_env, wait_for  # noqa: E402
 
 SECTION = "operator"
@@ -437,15 +436,8 @@ def measure(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 def run(report: Any, quick: bool | None = None) -> dict[str, Any]:
-    quick = bool(getattr(report, "quick", False)) if quick is None else quick
-    base = getattr(report, "workdir", None)
-    workdir = Path(tempfile.mkdtemp(prefix="rf-bench-operator-", dir=base))
-    try:
-        results = measure(workdir, quick)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if isinstance(report, dict):
-        report.update(results)
+    results, report = measure_in_scratch(report, "operator", measure, quick)
+    if report is None:
         return results
     report.result(SECTION, results)
     r, t, react = results["redis"], results["tick"], results["reaction"]
