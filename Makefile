@@ -48,7 +48,12 @@ install: system-deps $(INSTALL_STAMP)
 run: install
 	$(VENV)/bin/renderfarm local $(if $(MONITORING),--monitoring)
 
-test: install k8s-tools node-tools images otelcol s3-tools
+# The tools and images are independent builds (four from Go modules, one with
+# buildah): make runs them side by side, so module downloads and links overlap
+# with compiling, each one's output printed whole when it ends. No-ops when cached.
+TEST_TOOLS := k8s-tools node-tools images otelcol s3-tools
+test: install
+	$(MAKE) --no-print-directory -j$(words $(TEST_TOOLS)) --output-sync=target $(TEST_TOOLS)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 test-fast: install

@@ -64,13 +64,18 @@ NODE_KEYS = ("KUBERNETES_VERSION", "COREDNS_VERSION", "NODE_BUILD_REV")
 
 
 def stale_image_refs(listing: str, keep: Iterable[str], repository: str) -> list[str]:
-    """From ``ctr images list`` (REF TYPE DIGEST ...): every name of an image of
-    ``repository`` that is not one of ``keep``, including the ``sha256:`` id names
-    that share its manifest digest (pure)."""
+    """From ``ctr images list`` (REF TYPE DIGEST ...): the older builds of the images
+    in ``keep`` (same name under ``repository``, another tag), under every name, the
+    ``sha256:`` id names that share their manifest digest included (pure). Images
+    whose name is not in ``keep`` at all stay: a cluster started with fewer images
+    (one test's node) must not cost the next one its imports."""
     rows = [line.split()[:3] for line in listing.splitlines()[1:]]
     digest_of = {row[0]: row[2] for row in rows if len(row) >= 3}
+    keep = set(keep)
+    names = {ref.rsplit(":", 1)[0] for ref in keep if ref.startswith(repository)}
     kept = {digest_of[ref] for ref in keep if ref in digest_of}
-    stale = {digest for ref, digest in digest_of.items() if ref.startswith(repository)} - kept
+    stale = {digest for ref, digest in digest_of.items()
+             if ref.startswith(repository) and ref.rsplit(":", 1)[0] in names and ref not in keep} - kept
     return sorted(ref for ref, digest in digest_of.items() if digest in stale)
 
 
@@ -404,7 +409,7 @@ class RealNode:
         self._import_pause()
         self._clear_stale_containers()
         self.import_images(self.images)
-        self.prune_images(self.images)
+        self.prune_images([*self.images, self.pause_ref])  # the pause image is one of ours too
         self._mark("images", t0)
         self._write_cni()
         self._start_coredns()
