@@ -67,7 +67,6 @@ standin_base() {
   buildah commit -q --rm "$ctr" "$name" >/dev/null
   rm -rf "$rootfs"
   echo "images: base $name in $(elapsed "$t")s" | tee -a "$TIMES" >&2
-  prune "$repo" "$prefix" "$name"
   echo "$name"
 }
 
@@ -122,6 +121,7 @@ build() { # repo tag-prefix dockerfile [build-arg ...]
     echo "images: $name in $(elapsed "$t")s ($(buildah images --format '{{.Size}}' "$name" 2>/dev/null | head -n1))" |
       tee -a "$TIMES" >&2
   fi
+  prune "$repo" "$prefix" "$name"
   echo "$name"
 }
 
