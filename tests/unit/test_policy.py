@@ -197,6 +197,11 @@ def test_constant_load_settles_without_oscillation(spec, current, backlog, in_fl
 def test_burst_then_drain_reaches_minimum_without_bouncing(spec, peak, rise, hold, drain):
     # Work = waiting + running: workers take jobs from the backlog into flight, which
     # does not change the total; the total rises, holds, then drains to nothing.
+    # A queue weighted above 1 counts a job more while it waits than while it runs, so
+    # its demand falls as jobs start and rises as replicas leave: with no scale-down
+    # window that moves replicas both ways by design (found by this test: weight 4,
+    # windows 0: 0 -> 3 -> 2 -> 4). The property holds for the unweighted load.
+    assume(spec.weights["cpu.normal"] <= 1.0)
     totals = [peak * (i + 1) // rise for i in range(rise)] + [peak] * hold
     totals += [peak * (drain - i - 1) // drain for i in range(drain)]
     ticks = int((spec.scale_down.stabilization_window_seconds + spec.idle_delay_seconds) / INTERVAL)
